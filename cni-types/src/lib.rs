@@ -11,6 +11,7 @@ pub mod error;
 pub mod invocation;
 pub mod netconf;
 pub mod result;
+pub mod skel;
 pub mod version;
 
 pub use error::{code, CniError};
