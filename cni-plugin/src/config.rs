@@ -236,7 +236,8 @@ mod tests {
         ];
         for (ptr, val, want) in cases {
             let mut v = base();
-            *v.pointer_mut(ptr).unwrap() = val.clone();
+            let (parent, field) = ptr.rsplit_once('/').unwrap();
+            v.pointer_mut(parent).unwrap()[field] = val.clone();
             let e = parse(v).err().unwrap_or_else(|| panic!("{ptr}={val} accepted"));
             assert_eq!(e.code, 7, "{ptr}={val}: {e}");
             assert!(e.msg.contains(want), "{ptr}={val}: {}", e.msg);

