@@ -16,7 +16,10 @@ use crate::{addrs, names, netns, sysctl, Error};
 pub async fn add(plan: &Plan, req: &Request, log: &Log) -> Result<CniResult, Error> {
     let inv = &req.invocation;
     let key = inv.attachment()?;
-    let ns_path = inv.netns.as_deref().expect("ADD has a netns (checked when parsing the environment)");
+    let ns_path = inv
+        .netns
+        .as_deref()
+        .expect("ADD has a netns (checked when parsing the environment)");
     // Everything that can be checked is checked before the first change.
     let ns = netns::open(ns_path).map_err(|source| Error::Netns {
         path: ns_path.to_path_buf(),
@@ -87,9 +90,8 @@ impl Wiring<'_> {
         // address's prefix length, so the subnet is routed to the bridge.
         for ip in &ipam.ips {
             if let Some(gw) = ip.gateway {
-                let net = IpNetwork::new(gw, ip.address.prefix()).map_err(|e| {
-                    Error::Cni(weft_cni_types::CniError::invalid_config(format!("gateway {gw}: {e}")))
-                })?;
+                let net = IpNetwork::new(gw, ip.address.prefix())
+                    .map_err(|e| Error::Cni(weft_cni_types::CniError::invalid_config(format!("gateway {gw}: {e}"))))?;
                 self.host
                     .add_address(bridge.index, net)
                     .await

@@ -117,7 +117,10 @@ fn find(plugin: &str, path: &[PathBuf]) -> Result<PathBuf, Error> {
             plugin: plugin.to_string(),
             err: CniError::invalid_config(format!(
                 "plugin {plugin:?} not found in CNI_PATH ({})",
-                path.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":")
+                path.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(":")
             )),
         })
 }
@@ -147,9 +150,10 @@ fn exec(plugin: &str, path: &[PathBuf], command: Command, stdin: &[u8]) -> Resul
     let parsed: Option<Value> = if out.stdout.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
-        Some(serde_json::from_slice(&out.stdout).map_err(|e| {
-            fail(CniError::new(code::DECODE, format!("cannot decode its output: {e}")))
-        })?)
+        Some(
+            serde_json::from_slice(&out.stdout)
+                .map_err(|e| fail(CniError::new(code::DECODE, format!("cannot decode its output: {e}"))))?,
+        )
     };
     if out.status.success() {
         return Ok(parsed);

@@ -17,7 +17,10 @@ pub async fn check(plan: &Plan, req: &Request) -> Result<(), Error> {
         .get("prevResult")
         .ok_or_else(|| CniError::invalid_config("invalid network config: CHECK needs prevResult"))?;
     let prev = CniResult::from_json(prev)?;
-    let ns_path = inv.netns.as_deref().expect("CHECK has a netns (checked when parsing the environment)");
+    let ns_path = inv
+        .netns
+        .as_deref()
+        .expect("CHECK has a netns (checked when parsing the environment)");
     let ns = netns::open(ns_path).map_err(|source| Error::Netns {
         path: ns_path.to_path_buf(),
         source,
@@ -32,7 +35,10 @@ pub async fn check(plan: &Plan, req: &Request) -> Result<(), Error> {
         .await
         .map_err(Error::netlink(format!("look up {ifname}")))?
     else {
-        return fail(format!("interface {ifname} is missing from container netns {}", ns_path.display()));
+        return fail(format!(
+            "interface {ifname} is missing from container netns {}",
+            ns_path.display()
+        ));
     };
     let pos = prev
         .interfaces
@@ -65,7 +71,10 @@ pub async fn check(plan: &Plan, req: &Request) -> Result<(), Error> {
             return fail(format!("address {} is missing from {ifname}", ip.address));
         }
     }
-    let routes = pod.routes().await.map_err(Error::netlink("list routes in container netns"))?;
+    let routes = pod
+        .routes()
+        .await
+        .map_err(Error::netlink("list routes in container netns"))?;
     for r in &prev.routes {
         if !routes
             .iter()
@@ -86,7 +95,11 @@ pub async fn check(plan: &Plan, req: &Request) -> Result<(), Error> {
     else {
         return fail(format!("bridge {} is missing", plan.bridge));
     };
-    let Some(hl) = host.link(&veth).await.map_err(Error::netlink(format!("look up {veth}")))? else {
+    let Some(hl) = host
+        .link(&veth)
+        .await
+        .map_err(Error::netlink(format!("look up {veth}")))?
+    else {
         return fail(format!("host veth {veth} is missing"));
     };
     if hl.controller != Some(bridge.index) {

@@ -123,7 +123,9 @@ impl WeftConf {
 
     /// Validate every field; the errors are code 7 and name the field.
     pub fn plan(&self, version: Version) -> Result<Plan, CniError> {
-        let bad = |field: &str, msg: String| CniError::invalid_config(format!("invalid network config: field {field}: {msg}"));
+        let bad = |field: &str, msg: String| {
+            CniError::invalid_config(format!("invalid network config: field {field}: {msg}"))
+        };
         let bridge = IfName::new(self.bridge.as_deref().unwrap_or(DEFAULT_BRIDGE)).map_err(|e| bad("bridge", e))?;
         let mtu = self.mtu.unwrap_or(DEFAULT_MTU);
         if !(68..=65535).contains(&mtu) {
@@ -156,7 +158,10 @@ impl WeftConf {
             .unwrap_or_default();
         for (i, p) in port_mappings.iter().enumerate() {
             if p.host_port == 0 || p.container_port == 0 {
-                return Err(bad(&format!("runtimeConfig.portMappings[{i}]"), "ports must be 1..65535".into()));
+                return Err(bad(
+                    &format!("runtimeConfig.portMappings[{i}]"),
+                    "ports must be 1..65535".into(),
+                ));
             }
             if let Some(proto) = &p.protocol {
                 if !matches!(proto.to_ascii_lowercase().as_str(), "tcp" | "udp" | "sctp") {
@@ -229,8 +234,16 @@ mod tests {
             ("/hairpinMode", json!("yes"), "field hairpinMode"),
             ("/bridge", json!("a-name-longer-than-15"), "field bridge"),
             ("/bridge", json!(7), "field bridge"),
-            ("/ipam/ranges", json!([[{"subnet":"nope"}]]), "field ipam.ranges[0][0].subnet"),
-            ("/ipam/ranges", json!([[{"subnet":"10.0.0.0/24","rangeStart":"10.1.0.1"}]]), "ipam.ranges[0][0]"),
+            (
+                "/ipam/ranges",
+                json!([[{"subnet":"nope"}]]),
+                "field ipam.ranges[0][0].subnet",
+            ),
+            (
+                "/ipam/ranges",
+                json!([[{"subnet":"10.0.0.0/24","rangeStart":"10.1.0.1"}]]),
+                "ipam.ranges[0][0]",
+            ),
             ("/ipam/type", json!(""), "field ipam.type"),
             ("/ipam/type", json!("../evil"), "field ipam.type"),
         ];

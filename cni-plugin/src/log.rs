@@ -41,7 +41,12 @@ impl Log {
 
     fn line(&self, level: &str, msg: &str, stderr: bool) {
         let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let line = format!("{}.{:03} {level} {} {msg}\n", t.as_secs(), t.subsec_millis(), self.prefix);
+        let line = format!(
+            "{}.{:03} {level} {} {msg}\n",
+            t.as_secs(),
+            t.subsec_millis(),
+            self.prefix
+        );
         if let Some(mut f) = self.file.as_ref() {
             let _ = f.write_all(line.as_bytes());
         }

@@ -24,7 +24,9 @@ pub fn host_veth(key: &AttachmentKey) -> String {
 pub fn is_host_veth(name: &str) -> bool {
     name.len() == VETH_PREFIX.len() + VETH_HASH_LEN
         && name.starts_with(VETH_PREFIX)
-        && name[VETH_PREFIX.len()..].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        && name[VETH_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 /// A fixed, locally administered unicast MAC for the bridge, derived from

@@ -14,9 +14,7 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::AddressFamily;
-use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
-};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::netns;
 
@@ -197,7 +195,12 @@ impl Nl {
 
     /// `ip link set dev INDEX up`
     pub async fn set_up(&self, index: u32) -> NlResult<()> {
-        Ok(self.handle.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await?)
+        Ok(self
+            .handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await?)
     }
 
     /// `ip link set dev INDEX master CONTROLLER`

@@ -39,6 +39,7 @@ fn add_ping_check_del_dual_stack() {
     assert!(p1.ping(&a2), "pod1 -> pod2 over IPv4");
     assert!(p2.ping(&a1), "pod2 -> pod1 over IPv4");
     assert!(p1.ping(&b2), "pod1 -> pod2 over IPv6 (no DAD wait)");
+    assert!(p2.ping(&b1), "pod2 -> pod1 over IPv6");
     assert!(node.ns.ping(&a1), "node -> pod1");
     assert!(node.ns.ping(&b2), "node -> pod2 over IPv6");
     assert!(p1.ping("10.77.0.1"), "pod -> its gateway");
@@ -122,7 +123,12 @@ fn bad_input_gets_precise_errors_and_leaves_nothing() {
     let r = node.weft("ADD", "bad2", Some(&pod.path()), &bad);
     assert_eq!(r.code(), 1);
 
-    let r = node.weft("ADD", "bad3", Some(std::path::Path::new("/var/run/netns/does-not-exist")), &good);
+    let r = node.weft(
+        "ADD",
+        "bad3",
+        Some(std::path::Path::new("/var/run/netns/does-not-exist")),
+        &good,
+    );
     assert_eq!(r.code(), 3, "{:?}", r);
 
     let r = node.plugin("weft", "ADD", "bad4", "a/b", Some(&pod.path()), &good);
@@ -142,8 +148,13 @@ fn bad_input_gets_precise_errors_and_leaves_nothing() {
     assert_eq!(node.weft_veths().len(), 1);
     node.weft("DEL", "ok", Some(&pod.path()), &good).expect_ok();
 
-    let v = node.weft("VERSION", "x", None, &json!({"cniVersion": "1.0.0"})).expect_ok();
-    assert_eq!(v["supportedVersions"], json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
+    let v = node
+        .weft("VERSION", "x", None, &json!({"cniVersion": "1.0.0"}))
+        .expect_ok();
+    assert_eq!(
+        v["supportedVersions"],
+        json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+    );
 }
 
 #[test]
@@ -200,7 +211,11 @@ fn boot_id_change_reclaims_old_allocations() {
     fs::write(node.dir.join("boot_id"), "boot-2\n").unwrap();
     let pod = Netns::new("wt-p");
     node.weft("ADD", "after", Some(&pod.path()), &conf).expect_ok();
-    let owners: HashSet<_> = node.allocations().iter().map(|a| a["containerId"].to_string()).collect();
+    let owners: HashSet<_> = node
+        .allocations()
+        .iter()
+        .map(|a| a["containerId"].to_string())
+        .collect();
     assert_eq!(owners.len(), 1);
     assert!(owners.contains("\"after\""), "{owners:?}");
     node.weft("DEL", "after", Some(&pod.path()), &conf).expect_ok();
@@ -223,7 +238,12 @@ fn parallel_64_adds_then_64_dels() {
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let failures: Vec<_> = results.iter().filter(|r| !r.ok).collect();
-    assert!(failures.is_empty(), "{} ADDs failed: {:?}", failures.len(), failures.first());
+    assert!(
+        failures.is_empty(),
+        "{} ADDs failed: {:?}",
+        failures.len(),
+        failures.first()
+    );
     let v4: HashSet<_> = results.iter().map(|r| Reply::ip(&r.json, true)).collect();
     let v6: HashSet<_> = results.iter().map(|r| Reply::ip(&r.json, false)).collect();
     assert_eq!((v4.len(), v6.len()), (64, 64), "no duplicate addresses");
@@ -271,7 +291,12 @@ fn kill_9_during_add_then_del_leaves_nothing() {
             .spawn()
             .unwrap();
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes())
+            .unwrap();
         std::thread::sleep(Duration::from_micros(delay_us));
         // `ip netns exec` execs weft in place: the pid is weft's.
         let _ = child.kill();
@@ -309,7 +334,8 @@ fn repeated_add_with_a_leftover_veth_is_recovered() {
     // Move the pod end away, leaving only our host end behind.
     pod.ok(&["ip", "link", "set", "eth0", "name", "old0"]);
     pod.ok(&["ip", "link", "del", "old0"]);
-    node.ns.ok(&["ip", "link", "add", &veth, "type", "veth", "peer", "name", "tmpx"]);
+    node.ns
+        .ok(&["ip", "link", "add", &veth, "type", "veth", "peer", "name", "tmpx"]);
     let second = node.weft("ADD", "again", Some(&pod.path()), &conf).expect_ok();
     assert_eq!(first["ips"], second["ips"], "same attachment, same addresses");
     assert!(pod.ping("10.77.0.1"));

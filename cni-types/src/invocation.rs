@@ -157,14 +157,10 @@ impl Invocation {
 
     /// Parse from explicit variables (tests, and plugins that delegate).
     pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, CniError> {
-        let vars: HashMap<String, String> = vars
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("CNI_"))
-            .collect();
+        let vars: HashMap<String, String> = vars.into_iter().filter(|(k, _)| k.starts_with("CNI_")).collect();
         let get = |k: &str| vars.get(k).map(String::as_str).filter(|v| !v.is_empty());
-        let command = Command::parse(get("CNI_COMMAND").ok_or_else(|| {
-            CniError::invalid_env("CNI_COMMAND is not set")
-        })?)?;
+        let command =
+            Command::parse(get("CNI_COMMAND").ok_or_else(|| CniError::invalid_env("CNI_COMMAND is not set"))?)?;
         let path = get("CNI_PATH")
             .map(|p| p.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect())
             .unwrap_or_default();
@@ -174,18 +170,13 @@ impl Invocation {
         let attachment = match command {
             Command::Add | Command::Del | Command::Check => {
                 let id = get("CNI_CONTAINERID").ok_or_else(|| {
-                    CniError::invalid_env(format!(
-                        "CNI_CONTAINERID is required for {}",
-                        command.as_str()
-                    ))
+                    CniError::invalid_env(format!("CNI_CONTAINERID is required for {}", command.as_str()))
                 })?;
-                let ifname = get("CNI_IFNAME").ok_or_else(|| {
-                    CniError::invalid_env(format!("CNI_IFNAME is required for {}", command.as_str()))
-                })?;
+                let ifname = get("CNI_IFNAME")
+                    .ok_or_else(|| CniError::invalid_env(format!("CNI_IFNAME is required for {}", command.as_str())))?;
                 Some(AttachmentKey {
                     container_id: ContainerId::new(id)?,
-                    ifname: IfName::new(ifname)
-                        .map_err(|e| CniError::invalid_env(format!("CNI_IFNAME: {e}")))?,
+                    ifname: IfName::new(ifname).map_err(|e| CniError::invalid_env(format!("CNI_IFNAME: {e}")))?,
                 })
             }
             _ => None,
@@ -217,10 +208,7 @@ impl Invocation {
 
     /// The value of `CNI_ARGS` key `k` (e.g. `IP`), if given.
     pub fn arg(&self, k: &str) -> Option<&str> {
-        self.args
-            .iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.as_str())
+        self.args.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
     }
 }
 
@@ -230,9 +218,7 @@ fn parse_args(s: &str) -> Result<Vec<(String, String)>, CniError> {
         .map(|kv| {
             kv.split_once('=')
                 .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| {
-                    CniError::invalid_env(format!("CNI_ARGS: {kv:?} is not of the form KEY=VALUE"))
-                })
+                .ok_or_else(|| CniError::invalid_env(format!("CNI_ARGS: {kv:?} is not of the form KEY=VALUE")))
         })
         .collect()
 }
@@ -242,9 +228,7 @@ mod tests {
     use super::*;
 
     fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -294,10 +278,27 @@ mod tests {
         for bad in [
             vec![("CNI_COMMAND", "PUT")],
             vec![],
-            vec![("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "-x"), ("CNI_IFNAME", "eth0")],
-            vec![("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "a/b"), ("CNI_IFNAME", "eth0")],
-            vec![("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "a"), ("CNI_IFNAME", "a-very-long-name0")],
-            vec![("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "a"), ("CNI_IFNAME", "eth0"), ("CNI_ARGS", "novalue")],
+            vec![
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", "-x"),
+                ("CNI_IFNAME", "eth0"),
+            ],
+            vec![
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", "a/b"),
+                ("CNI_IFNAME", "eth0"),
+            ],
+            vec![
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", "a"),
+                ("CNI_IFNAME", "a-very-long-name0"),
+            ],
+            vec![
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", "a"),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_ARGS", "novalue"),
+            ],
         ] {
             let e = Invocation::from_vars(vars(&bad)).unwrap_err();
             assert_eq!(e.code, 4, "{bad:?}: {e}");

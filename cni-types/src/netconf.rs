@@ -89,8 +89,7 @@ mod tests {
     #[test]
     fn base_fields() {
         let b: NetConfBase =
-            parse_config(br#"{"cniVersion":"1.0.0","name":"n","type":"weft","prevResult":{}}"#)
-                .unwrap();
+            parse_config(br#"{"cniVersion":"1.0.0","name":"n","type":"weft","prevResult":{}}"#).unwrap();
         assert_eq!(b.version().unwrap(), Version::V1_0_0);
         assert!(b.prev_result.is_some());
     }

@@ -74,7 +74,11 @@ pub fn dispatch(
     let version = match asked {
         Some(Ok(v)) => v,
         Some(Err(e)) => return fail(e),
-        None => return fail(CniError::invalid_config("invalid network config: field cniVersion is missing")),
+        None => {
+            return fail(CniError::invalid_config(
+                "invalid network config: field cniVersion is missing",
+            ))
+        }
     };
     if invocation.command == Command::Check && !version.has_check() {
         return fail(CniError::new(
@@ -144,7 +148,9 @@ mod tests {
 
     #[test]
     fn unsupported_version_is_code_1() {
-        let out = dispatch(env("ADD"), br#"{"cniVersion":"9.9.9"}"#.to_vec(), |_| panic!("not called"));
+        let out = dispatch(env("ADD"), br#"{"cniVersion":"9.9.9"}"#.to_vec(), |_| {
+            panic!("not called")
+        });
         assert_eq!(out.exit_code, 1);
         let v: Value = serde_json::from_str(&out.stdout).unwrap();
         assert_eq!(v["code"], 1);
@@ -153,7 +159,9 @@ mod tests {
 
     #[test]
     fn check_before_0_4_is_refused() {
-        let out = dispatch(env("CHECK"), br#"{"cniVersion":"0.3.1"}"#.to_vec(), |_| panic!("not called"));
+        let out = dispatch(env("CHECK"), br#"{"cniVersion":"0.3.1"}"#.to_vec(), |_| {
+            panic!("not called")
+        });
         let v: Value = serde_json::from_str(&out.stdout).unwrap();
         assert_eq!(v["code"], 1);
         assert_eq!(v["cniVersion"], "0.3.1");
@@ -174,7 +182,13 @@ mod tests {
             assert_eq!(r.version, Version::V1_0_0);
             Ok(Some(serde_json::json!({"ok": true})))
         });
-        assert_eq!(out, Output { exit_code: 0, stdout: r#"{"ok":true}"#.into() });
+        assert_eq!(
+            out,
+            Output {
+                exit_code: 0,
+                stdout: r#"{"ok":true}"#.into()
+            }
+        );
         let out = dispatch(env("DEL"), cfg.clone(), |_| Ok(None));
         assert_eq!(out.stdout, "");
         let out = dispatch(env("DEL"), cfg, |_| Err(CniError::io("boom")));

@@ -16,13 +16,7 @@ impl Version {
     pub const V1_1_0: Version = Version(1, 1, 0);
 
     /// Every version weft accepts, oldest first (the VERSION answer).
-    pub const SUPPORTED: [Version; 5] = [
-        Self::V0_3_0,
-        Self::V0_3_1,
-        Self::V0_4_0,
-        Self::V1_0_0,
-        Self::V1_1_0,
-    ];
+    pub const SUPPORTED: [Version; 5] = [Self::V0_3_0, Self::V0_3_1, Self::V0_4_0, Self::V1_0_0, Self::V1_1_0];
 
     /// The newest version: used for answers when the config named none.
     pub const LATEST: Version = Self::V1_1_0;
@@ -36,11 +30,8 @@ impl Version {
             .copied()
             .find(|v| v.to_string() == s)
             .ok_or_else(|| {
-                CniError::new(
-                    code::INCOMPATIBLE_VERSION,
-                    format!("incompatible CNI version {s:?}"),
-                )
-                .with_details(format!("weft supports {}", Self::supported_list()))
+                CniError::new(code::INCOMPATIBLE_VERSION, format!("incompatible CNI version {s:?}"))
+                    .with_details(format!("weft supports {}", Self::supported_list()))
             })
     }
 

@@ -88,7 +88,10 @@ impl IpamConf {
         let mut confs = self.ranges.clone();
         if let Some(subnet) = self.legacy.subnet {
             if !confs.is_empty() {
-                return Err(IpamError::config("ipam.subnet", "give either subnet or ranges, not both"));
+                return Err(IpamError::config(
+                    "ipam.subnet",
+                    "give either subnet or ranges, not both",
+                ));
             }
             confs.push(vec![RangeConf {
                 subnet,
@@ -180,7 +183,10 @@ mod tests {
                 serde_json::json!({"ranges":[[{"subnet":"10.0.0.0/24"},{"subnet":"fd00::/64"}]]}),
                 "ipam.ranges[0]",
             ),
-            (serde_json::json!({"ranges":[[{"subnet":"10.0.0.0/31"}]]}), "ipam.ranges[0][0]"),
+            (
+                serde_json::json!({"ranges":[[{"subnet":"10.0.0.0/31"}]]}),
+                "ipam.ranges[0][0]",
+            ),
         ];
         for (v, field) in cases {
             let e = conf(v.clone()).plan().unwrap_err();

@@ -39,7 +39,11 @@ pub enum IpamError {
     #[error("requested address {ip} is already allocated to {holder}")]
     RequestedInUse { ip: IpAddr, holder: String },
     #[error("{key} already holds {held}, not the requested {requested}")]
-    RequestedDiffers { key: String, held: IpAddr, requested: IpAddr },
+    RequestedDiffers {
+        key: String,
+        held: IpAddr,
+        requested: IpAddr,
+    },
     #[error("invalid network name {0:?}: use letters, digits, '_', '.' and '-'")]
     BadNetworkName(String),
     #[error("state file {path} cannot be read: {reason}")]
@@ -176,7 +180,11 @@ impl Ipam {
         let mut out = Vec::with_capacity(self.plan.sets.len());
         let mut new = Vec::new();
         for (i, set) in self.plan.sets.iter().enumerate() {
-            let held = st.allocations.iter().find(|a| mine(a) && set.contains(a.ip)).map(|a| a.ip);
+            let held = st
+                .allocations
+                .iter()
+                .find(|a| mine(a) && set.contains(a.ip))
+                .map(|a| a.ip);
             let wanted = requested.iter().copied().find(|ip| set.contains(*ip));
             let ip = match (held, wanted) {
                 (Some(h), Some(w)) if h != w => {

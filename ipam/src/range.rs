@@ -45,7 +45,11 @@ impl Range {
         if host_bits < 2 {
             return Err(format!("subnet {subnet} has no room for a gateway and a pod"));
         }
-        let last = if host_bits == 128 { u128::MAX } else { net + ((1u128 << host_bits) - 1) };
+        let last = if host_bits == 128 {
+            u128::MAX
+        } else {
+            net + ((1u128 << host_bits) - 1)
+        };
         let max = if v4 { last - 1 } else { last };
         let inside = |field: &str, ip: IpAddr| -> Result<u128, String> {
             if ip.is_ipv4() != v4 || !subnet.contains(ip) {

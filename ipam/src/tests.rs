@@ -76,7 +76,10 @@ fn repeated_add_returns_same_address_and_del_releases() {
     assert_eq!(ipam.allocate(&key("c1"), &[]).unwrap(), a);
     assert_eq!(ipam.held(&key("c1")).unwrap(), vec![ip("10.9.0.2")]);
     assert_eq!(ipam.release(&key("c1")).unwrap(), vec![ip("10.9.0.2")]);
-    assert!(ipam.release(&key("c1")).unwrap().is_empty(), "second release is a no-op");
+    assert!(
+        ipam.release(&key("c1")).unwrap().is_empty(),
+        "second release is a no-op"
+    );
     assert!(ipam.held(&key("c1")).unwrap().is_empty());
 }
 
@@ -164,7 +167,10 @@ fn reboot_reclaims_allocations_of_earlier_boots() {
     let ipam = env.ipam(small());
     ipam.allocate(&key("old"), &[]).unwrap();
     env.boot("boot-b");
-    assert!(ipam.allocations().unwrap().is_empty(), "old boot's allocation reclaimed");
+    assert!(
+        ipam.allocations().unwrap().is_empty(),
+        "old boot's allocation reclaimed"
+    );
     let a = ipam.allocate(&key("new"), &[]).unwrap();
     assert_eq!(a[0].address.ip(), ip("10.9.0.3"), "round robin cursor survives");
 }

@@ -27,7 +27,11 @@ pub fn require_root() {
 
 /// A unique short name: tests run in parallel, netns names must not clash.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}{}-{}", std::process::id() % 100000, SEQ.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "{prefix}{}-{}",
+        std::process::id() % 100000,
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 /// Directory holding `weft`, `weft-ipam` (built by cargo for this test).
@@ -78,7 +82,10 @@ impl Netns {
     pub fn exec(&self, args: &[&str]) -> Output {
         let mut full = vec!["ip", "netns", "exec", &self.name];
         full.extend_from_slice(args);
-        Command::new(full[0]).args(&full[1..]).output().expect("run ip netns exec")
+        Command::new(full[0])
+            .args(&full[1..])
+            .output()
+            .expect("run ip netns exec")
     }
 
     /// Run a command inside this netns; panic with its output on failure.
@@ -231,7 +238,15 @@ impl Node {
     }
 
     /// Run `plugin` (a file name in CNI_PATH) inside the node netns.
-    pub fn plugin(&self, plugin: &str, cmd: &str, cid: &str, ifname: &str, netns: Option<&Path>, conf: &Value) -> Reply {
+    pub fn plugin(
+        &self,
+        plugin: &str,
+        cmd: &str,
+        cid: &str,
+        ifname: &str,
+        netns: Option<&Path>,
+        conf: &Value,
+    ) -> Reply {
         let path = format!("{}:{REF_PLUGINS}", bin_dir().display());
         let exe = std::env::split_paths(&path)
             .map(|d| d.join(plugin))

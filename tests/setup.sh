@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what weft's build, lab and tests need on a Debian 12 machine, as
+# root. Sourced by tests/run.sh and the lab command; safe to run repeatedly
+# (installs only what is missing).
+set -euo pipefail
+
+[ "$(id -u)" = 0 ] || { echo "weft: run as root (network namespaces, veth, bridge, nftables)" >&2; exit 1; }
+
+# Debian packages: the kernel tools, the CNI reference plugins (interop
+# tests, the benchmark's anchor), containerd + runc (CRI test), busybox-static
+# (the locally built pause image), a C toolchain for linking.
+WEFT_APT_PACKAGES=(
+  iproute2 iputils-ping procps psmisc nftables iptables
+  containernetworking-plugins containerd runc busybox-static
+  gcc libc6-dev pkg-config ca-certificates curl
+)
+missing=()
+for p in "${WEFT_APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "weft setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# The Rust toolchain: rustup's when present (developers' machines), else
+# Debian 12's current one (rustc-web/cargo-web track stable Rust).
+if [ -x "$HOME/.cargo/bin/cargo" ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "weft setup: no cargo found, installing Debian's rustc-web toolchain"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends rustc-web cargo-web rustfmt-web rust-web-clippy
+fi
+cargo --version
