@@ -29,7 +29,21 @@ fn portmap_chained_after_weft_reaches_the_pod() {
     let node = Node::new();
     // A client machine on a link to the node.
     let client = Netns::new("wt-c");
-    sh(&["ip", "link", "add", "wtc0", "netns", &node.ns.name, "type", "veth", "peer", "name", "eth0", "netns", &client.name]);
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        "wtc0",
+        "netns",
+        &node.ns.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &client.name,
+    ]);
     node.ns.ok(&["ip", "addr", "add", "172.31.250.1/30", "dev", "wtc0"]);
     node.ns.ok(&["ip", "link", "set", "wtc0", "up"]);
     client.ok(&["ip", "addr", "add", "172.31.250.2/30", "dev", "eth0"]);
@@ -41,19 +55,32 @@ fn portmap_chained_after_weft_reaches_the_pod() {
     conf["runtimeConfig"] = rc.clone();
     let pod = Netns::new("wt-p");
     let res = node.weft("ADD", "pm1", Some(&pod.path()), &conf).expect_ok();
-    let pm = chained(json!({"type": "portmap", "capabilities": {"portMappings": true}}), &res, rc);
-    let out = node.plugin("portmap", "ADD", "pm1", "eth0", Some(&pod.path()), &pm).expect_ok();
+    let pm = chained(
+        json!({"type": "portmap", "capabilities": {"portMappings": true}}),
+        &res,
+        rc,
+    );
+    let out = node
+        .plugin("portmap", "ADD", "pm1", "eth0", Some(&pod.path()), &pm)
+        .expect_ok();
     assert_eq!(out["ips"], res["ips"], "portmap passes weft's result on");
 
     let pod_ip = Reply::ip(&res, true);
     let srv = pod.tcp_server(format!("{pod_ip}:80").parse().unwrap(), "via-hostport", 1);
-    let got = client.tcp_get("172.31.250.1:18080".parse().unwrap()).expect("connect to the hostPort");
-    assert_eq!(got, "via-hostport from-172.31.250.2", "the pod sees the client's address");
+    let got = client
+        .tcp_get("172.31.250.1:18080".parse().unwrap())
+        .expect("connect to the hostPort");
+    assert_eq!(
+        got, "via-hostport from-172.31.250.2",
+        "the pod sees the client's address"
+    );
     srv.join().unwrap();
 
     let pm_del = with_prev(&pm, &res);
-    node.plugin("portmap", "DEL", "pm1", "eth0", Some(&pod.path()), &pm_del).expect_ok();
-    node.weft("DEL", "pm1", Some(&pod.path()), &with_prev(&conf, &res)).expect_ok();
+    node.plugin("portmap", "DEL", "pm1", "eth0", Some(&pod.path()), &pm_del)
+        .expect_ok();
+    node.weft("DEL", "pm1", Some(&pod.path()), &with_prev(&conf, &res))
+        .expect_ok();
     let nat = node.ns.ok(&["iptables-save", "-t", "nat"]);
     assert!(!nat.contains("18080"), "portmap's rules are gone: {nat}");
     assert!(node.weft_veths().is_empty());
@@ -69,16 +96,26 @@ fn bandwidth_chained_after_weft_shapes_the_host_veth() {
     conf["runtimeConfig"] = bw.clone();
     let pod = Netns::new("wt-p");
     let res = node.weft("ADD", "bw1", Some(&pod.path()), &conf).expect_ok();
-    let bwc = chained(json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}), &res, bw);
-    node.plugin("bandwidth", "ADD", "bw1", "eth0", Some(&pod.path()), &bwc).expect_ok();
+    let bwc = chained(
+        json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}),
+        &res,
+        bw,
+    );
+    node.plugin("bandwidth", "ADD", "bw1", "eth0", Some(&pod.path()), &bwc)
+        .expect_ok();
     let veth = res["interfaces"][0]["name"].as_str().unwrap();
     let qd = node.ns.ok(&["tc", "qdisc", "show", "dev", veth]);
-    assert!(qd.contains("tbf"), "bandwidth put a token bucket on weft's host veth: {qd}");
+    assert!(
+        qd.contains("tbf"),
+        "bandwidth put a token bucket on weft's host veth: {qd}"
+    );
     let ifbs: Vec<_> = node.ns.links().into_iter().filter(|l| l.starts_with("bwp")).collect();
     assert_eq!(ifbs.len(), 1, "an ifb device for egress shaping");
 
-    node.plugin("bandwidth", "DEL", "bw1", "eth0", Some(&pod.path()), &bwc).expect_ok();
-    node.weft("DEL", "bw1", Some(&pod.path()), &with_prev(&conf, &res)).expect_ok();
+    node.plugin("bandwidth", "DEL", "bw1", "eth0", Some(&pod.path()), &bwc)
+        .expect_ok();
+    node.weft("DEL", "bw1", Some(&pod.path()), &with_prev(&conf, &res))
+        .expect_ok();
     assert!(!node.ns.links().iter().any(|l| l.starts_with("bwp")), "ifb removed");
     assert!(node.weft_veths().is_empty());
 }
@@ -99,16 +136,25 @@ fn reference_bridge_delegates_to_weft_ipam() {
         }
     });
     let (p1, p2) = (Netns::new("wt-p"), Netns::new("wt-p"));
-    let r1 = node.plugin("bridge", "ADD", "br1", "eth0", Some(&p1.path()), &conf).expect_ok();
-    let r2 = node.plugin("bridge", "ADD", "br2", "eth0", Some(&p2.path()), &conf).expect_ok();
+    let r1 = node
+        .plugin("bridge", "ADD", "br1", "eth0", Some(&p1.path()), &conf)
+        .expect_ok();
+    let r2 = node
+        .plugin("bridge", "ADD", "br2", "eth0", Some(&p2.path()), &conf)
+        .expect_ok();
     assert_eq!(r1["ips"][0]["address"], "10.83.0.2/24", "weft-ipam's first address");
     assert_eq!(r2["ips"][0]["address"], "10.83.0.3/24");
     assert_eq!(node.allocations().len(), 2);
     assert!(p1.ping("10.83.0.3"), "pods on the reference bridge reach each other");
     assert!(p1.ping("10.83.0.1"), "and the gateway weft-ipam named");
-    node.plugin("bridge", "DEL", "br1", "eth0", Some(&p1.path()), &conf).expect_ok();
-    node.plugin("bridge", "DEL", "br2", "eth0", Some(&p2.path()), &conf).expect_ok();
-    assert!(node.allocations().is_empty(), "DEL through the bridge released weft-ipam's addresses");
+    node.plugin("bridge", "DEL", "br1", "eth0", Some(&p1.path()), &conf)
+        .expect_ok();
+    node.plugin("bridge", "DEL", "br2", "eth0", Some(&p2.path()), &conf)
+        .expect_ok();
+    assert!(
+        node.allocations().is_empty(),
+        "DEL through the bridge released weft-ipam's addresses"
+    );
 }
 
 #[test]
@@ -137,7 +183,11 @@ fn weft_delegates_to_host_local() {
     bad["ipam"]["type"] = json!("no-such-ipam");
     let e = node.weft("ADD", "hl2", Some(&pod.path()), &bad);
     assert!(!e.ok);
-    assert!(e.msg().contains("no-such-ipam") && e.msg().contains("not found"), "{}", e.msg());
+    assert!(
+        e.msg().contains("no-such-ipam") && e.msg().contains("not found"),
+        "{}",
+        e.msg()
+    );
     assert!(node.weft_veths().is_empty());
     let _ = fs::remove_dir_all(&data);
 }

@@ -192,9 +192,9 @@ fn gc_releases_what_the_runtime_no_longer_has() {
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
     node.weft("GC", "", None, &gc).expect_ok();
-    let left: Vec<_> = node.allocations().iter().map(|a| a["containerId"].clone()).collect();
-    assert_eq!(left, vec![json!("keep"), json!("keep")]);
-    assert!(!node.allocations().iter().any(|a| a["ip"] == stale_ip.as_str()));
+    let left: Vec<_> = node.allocations().into_iter().map(|a| a.container_id).collect();
+    assert_eq!(left, ["keep", "keep"]);
+    assert!(!node.allocations().iter().any(|a| a.ip.to_string() == stale_ip));
     assert_eq!(node.weft_veths().len(), 1, "the stale host veth is gone too");
     assert!(keep.ping("10.77.0.1"), "the kept pod still works");
 }
@@ -211,13 +211,14 @@ fn boot_id_change_reclaims_old_allocations() {
     fs::write(node.dir.join("boot_id"), "boot-2\n").unwrap();
     let pod = Netns::new("wt-p");
     node.weft("ADD", "after", Some(&pod.path()), &conf).expect_ok();
-    let owners: HashSet<_> = node
-        .allocations()
-        .iter()
-        .map(|a| a["containerId"].to_string())
-        .collect();
-    assert_eq!(owners.len(), 1);
-    assert!(owners.contains("\"after\""), "{owners:?}");
+    // On disk: only this boot's state is left, holding only the new pod.
+    let files = weft_ipam::store::state_files(&node.dir.join("ipam/weftnet")).unwrap();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].to_string_lossy().contains("boot-2"), "{files:?}");
+    let text = fs::read_to_string(&files[0]).unwrap();
+    assert!(text.contains("after") && !text.contains("before"), "{text}");
+    let owners: HashSet<_> = node.allocations().into_iter().map(|a| a.container_id).collect();
+    assert_eq!(owners, HashSet::from(["after".to_string()]));
     node.weft("DEL", "after", Some(&pod.path()), &conf).expect_ok();
 }
 

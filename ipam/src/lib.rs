@@ -145,8 +145,8 @@ impl Ipam {
     /// Lock the state and drop allocations from earlier boots (when
     /// enabled). Returns the locked state and the current boot id.
     fn open(&self) -> Result<(store::Locked, String), IpamError> {
-        let mut locked = store::lock(&self.dir)?;
         let boot = store::boot_id(&self.plan.boot_id_file)?;
+        let mut locked = store::lock(&self.dir, &boot, !self.plan.reclaim_on_reboot)?;
         if self.plan.reclaim_on_reboot {
             locked.state.allocations.retain(|a| a.boot_id == boot);
         }

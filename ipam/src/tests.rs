@@ -173,6 +173,9 @@ fn reboot_reclaims_allocations_of_earlier_boots() {
     );
     let a = ipam.allocate(&key("new"), &[]).unwrap();
     assert_eq!(a[0].address.ip(), ip("10.9.0.3"), "round robin cursor survives");
+    let files = store::state_files(ipam.state_dir()).unwrap();
+    assert_eq!(files.len(), 1, "the earlier boot's file is removed: {files:?}");
+    assert!(files[0].to_string_lossy().contains("boot-b"));
 }
 
 #[test]
@@ -187,6 +190,32 @@ fn reclaim_can_be_turned_off() {
     ipam.allocate(&key("old"), &[]).unwrap();
     env.boot("boot-b");
     assert_eq!(ipam.allocations().unwrap().len(), 1);
+    ipam.allocate(&key("new"), &[]).unwrap();
+    let owners: Vec<_> = ipam
+        .allocations()
+        .unwrap()
+        .into_iter()
+        .map(|a| a.container_id)
+        .collect();
+    assert_eq!(owners, ["old", "new"], "carried into the new boot's file");
+}
+
+#[test]
+fn torn_state_of_an_earlier_boot_is_harmless() {
+    // A power loss can leave the last write of the old boot torn; with
+    // reclaim on, the new boot never needs its contents.
+    let env = Env::new();
+    let ipam = env.ipam(small());
+    ipam.allocate(&key("c1"), &[]).unwrap();
+    let files = store::state_files(ipam.state_dir()).unwrap();
+    fs::write(&files[0], b"").unwrap();
+    env.boot("boot-b");
+    let a = ipam.allocate(&key("c2"), &[]).unwrap();
+    assert_eq!(
+        a[0].address.ip(),
+        ip("10.9.0.2"),
+        "fresh start: the cursor was unreadable"
+    );
 }
 
 #[test]
@@ -227,10 +256,12 @@ fn corrupt_state_is_an_error_not_a_reset() {
     let env = Env::new();
     let ipam = env.ipam(small());
     ipam.allocate(&key("c1"), &[]).unwrap();
-    fs::write(ipam.state_dir().join("state.json"), b"{garbage").unwrap();
+    let files = store::state_files(ipam.state_dir()).unwrap();
+    assert_eq!(files.len(), 1);
+    fs::write(&files[0], b"{garbage").unwrap();
     let e = ipam.allocate(&key("c2"), &[]).unwrap_err();
     assert_eq!(e.cni_code(), 5);
-    assert!(e.to_string().contains("state.json"), "{e}");
+    assert!(e.to_string().contains("state.boot-a.json"), "{e}");
 }
 
 #[test]

@@ -14,6 +14,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use weft_ipam::store::Allocation;
+use weft_ipam::{Ipam, IpamConf};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -291,16 +293,19 @@ impl Node {
         self.plugin("weft", cmd, cid, "eth0", netns, conf)
     }
 
-    /// weft-ipam's state: the allocations of the test network.
-    pub fn allocations(&self) -> Vec<Value> {
-        let p = self.dir.join("ipam/weftnet/state.json");
-        match fs::read(&p) {
-            Ok(b) => serde_json::from_slice::<Value>(&b).expect("state parses")["allocations"]
-                .as_array()
-                .unwrap()
-                .clone(),
-            Err(_) => vec![],
-        }
+    /// weft-ipam's allocations for the test network, read through the
+    /// library (locked, after boot reclaim), as the plugin sees them.
+    pub fn allocations(&self) -> Vec<Allocation> {
+        let conf: IpamConf = serde_json::from_value(json!({
+            "ranges": [[{"subnet": "10.0.0.0/8"}]],
+            "dataDir": self.dir.join("ipam"),
+            "bootIdFile": self.dir.join("boot_id"),
+        }))
+        .unwrap();
+        Ipam::new(conf.plan().unwrap(), "weftnet")
+            .unwrap()
+            .allocations()
+            .unwrap()
     }
 
     /// Host-side veths of weft in the node netns.
