@@ -12,7 +12,7 @@ set -euo pipefail
 WEFT_APT_PACKAGES=(
   iproute2 iputils-ping procps psmisc nftables iptables
   containernetworking-plugins containerd runc busybox-static
-  gcc libc6-dev pkg-config ca-certificates curl
+  gcc libc6-dev pkg-config ca-certificates curl protobuf-compiler
 )
 missing=()
 for p in "${WEFT_APT_PACKAGES[@]}"; do
