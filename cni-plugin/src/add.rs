@@ -6,7 +6,7 @@ use std::path::Path;
 
 use ipnetwork::IpNetwork;
 use weft_cni_types::skel::Request;
-use weft_cni_types::{AttachmentKey, CniResult, Interface, IpConfig, Route};
+use weft_cni_types::{AttachmentKey, CniError, CniResult, Interface, IpConfig, Route};
 
 use crate::config::Plan;
 use crate::log::Log;
@@ -33,7 +33,7 @@ pub async fn add(plan: &Plan, req: &Request, log: &Log) -> Result<CniResult, Err
         .map_err(Error::netlink("look up container interface"))?
         .is_some()
     {
-        return Err(Error::Cni(weft_cni_types::CniError::io(format!(
+        return Err(Error::Cni(CniError::io(format!(
             "create veth pair: interface {} already exists in container netns {}",
             key.ifname,
             ns_path.display()
@@ -91,7 +91,7 @@ impl Wiring<'_> {
         for ip in &ipam.ips {
             if let Some(gw) = ip.gateway {
                 let net = IpNetwork::new(gw, ip.address.prefix())
-                    .map_err(|e| Error::Cni(weft_cni_types::CniError::invalid_config(format!("gateway {gw}: {e}"))))?;
+                    .map_err(|e| Error::Cni(CniError::invalid_config(format!("gateway {gw}: {e}"))))?;
                 self.host
                     .add_address(bridge.index, net)
                     .await
@@ -122,7 +122,11 @@ impl Wiring<'_> {
             .link(&veth)
             .await
             .map_err(Error::netlink(format!("look up {veth}")))?
-            .ok_or_else(|| Error::Check(format!("{veth} vanished after creation")))?;
+            .ok_or_else(|| {
+                Error::Cni(CniError::io(format!(
+                    "create veth pair: {veth} vanished after creation"
+                )))
+            })?;
         self.host
             .set_controller(host_link.index, bridge.index)
             .await
@@ -143,7 +147,11 @@ impl Wiring<'_> {
             .link(ifname)
             .await
             .map_err(Error::netlink(format!("look up {ifname} in container netns")))?
-            .ok_or_else(|| Error::Check(format!("{ifname} not found in container netns after creation")))?;
+            .ok_or_else(|| {
+                Error::Cni(CniError::io(format!(
+                    "create veth pair: {ifname} not found in container netns after creation"
+                )))
+            })?;
         self.pod
             .set_up(pod_link.index)
             .await

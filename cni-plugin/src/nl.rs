@@ -169,6 +169,12 @@ impl Nl {
     /// the losers find the winner's bridge.
     pub async fn ensure_bridge(&self, name: &str, mtu: u32, mac: [u8; 6]) -> NlResult<Link> {
         if let Some(l) = self.link(name).await? {
+            if l.kind != Some(InfoKind::Bridge) {
+                return Err(NlError(
+                    format!("{name} exists and is not a bridge"),
+                    Some(libc::EEXIST),
+                ));
+            }
             if !l.up {
                 self.set_up(l.index).await?;
             }
