@@ -107,16 +107,22 @@ impl Wiring<'_> {
 
         let veth = names::host_veth(self.key);
         let ifname = self.key.ifname.as_str();
-        // A leftover of an ADD that was killed half-way has our
-        // deterministic name: it is ours to replace.
-        self.host
-            .del_link(&veth)
-            .await
-            .map_err(Error::netlink(format!("delete leftover {veth}")))?;
-        self.host
-            .add_veth(&veth, ifname, plan.mtu, self.ns)
-            .await
-            .map_err(Error::netlink(format!("create veth pair {veth}/{ifname}")))?;
+        let create = || self.host.add_veth(&veth, ifname, plan.mtu, self.ns, bridge.index);
+        match create().await {
+            Ok(()) => {}
+            // A leftover of an ADD that was killed half-way has our
+            // deterministic name: it is ours to replace.
+            Err(e) if e.errno() == Some(libc::EEXIST) => {
+                self.host
+                    .del_link(&veth)
+                    .await
+                    .map_err(Error::netlink(format!("delete leftover {veth}")))?;
+                create()
+                    .await
+                    .map_err(Error::netlink(format!("create veth pair {veth}/{ifname}")))?;
+            }
+            Err(e) => return Err(Error::netlink(format!("create veth pair {veth}/{ifname}"))(e)),
+        }
         let host_link = self
             .host
             .link(&veth)
@@ -127,21 +133,12 @@ impl Wiring<'_> {
                     "create veth pair: {veth} vanished after creation"
                 )))
             })?;
-        self.host
-            .set_controller(host_link.index, bridge.index)
-            .await
-            .map_err(Error::netlink(format!("attach {veth} to {}", plan.bridge)))?;
         if plan.hairpin {
             self.host
                 .set_hairpin(host_link.index, true)
                 .await
                 .map_err(Error::netlink(format!("set hairpin on {veth}")))?;
         }
-        self.host
-            .set_up(host_link.index)
-            .await
-            .map_err(Error::netlink(format!("set {veth} up")))?;
-
         let pod_link = self
             .pod
             .link(ifname)

@@ -209,16 +209,6 @@ impl Nl {
             .await?)
     }
 
-    /// `ip link set dev INDEX master CONTROLLER`
-    pub async fn set_controller(&self, index: u32, controller: u32) -> NlResult<()> {
-        Ok(self
-            .handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).controller(controller).build())
-            .execute()
-            .await?)
-    }
-
     /// `ip link set dev INDEX type bridge_slave hairpin on|off`
     pub async fn set_hairpin(&self, index: u32, on: bool) -> NlResult<()> {
         Ok(self
@@ -229,9 +219,12 @@ impl Nl {
             .await?)
     }
 
-    /// `ip link add HOST mtu M type veth peer name PEER mtu M netns PEER_NS`:
-    /// the peer is born inside the pod's netns, never visible on the host.
-    pub async fn add_veth(&self, host: &str, peer: &str, mtu: u32, peer_ns: &File) -> NlResult<()> {
+    /// `ip link add HOST mtu M master BRIDGE up type veth peer name PEER mtu M
+    /// netns PEER_NS`, as one request: the peer is born inside the pod's
+    /// netns (never visible on the host), the host end comes up already on
+    /// the bridge. (The peer cannot be created up: the kernel opens it before
+    /// it is paired and `veth_open` refuses with ENOTCONN.)
+    pub async fn add_veth(&self, host: &str, peer: &str, mtu: u32, peer_ns: &File, bridge: u32) -> NlResult<()> {
         let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.to_string())
             .mtu(mtu)
@@ -239,6 +232,8 @@ impl Nl {
             .build();
         let msg = LinkVeth::new(host, peer)
             .mtu(mtu)
+            .controller(bridge)
+            .up()
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
             .build();
         Ok(self.handle.link().add(msg).execute().await?)
