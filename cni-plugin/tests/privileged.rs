@@ -5,7 +5,6 @@ mod common;
 
 use std::collections::HashSet;
 use std::fs;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -271,33 +270,13 @@ fn parallel_64_adds_then_64_dels() {
 fn kill_9_during_add_then_del_leaves_nothing() {
     let node = Node::new();
     let conf = node.weft_conf("1.1.0", Node::dual_stack());
-    let weft = bin_dir().join("weft");
     let (mut killed, mut half_done) = (0, 0);
     // Kill ADDs at growing delays so some die before, some during and some
     // after their changes; after each, the runtime's DEL must clean up.
     for (i, delay_us) in (0..24).map(|i| (i, i * 400)).collect::<Vec<_>>() {
         let pod = Netns::new("wt-k");
         let cid = format!("kill{i}");
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &node.ns.name])
-            .arg(&weft)
-            .env("CNI_COMMAND", "ADD")
-            .env("CNI_CONTAINERID", &cid)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_NETNS", pod.path())
-            .env("CNI_PATH", bin_dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(conf.to_string().as_bytes())
-            .unwrap();
+        let mut child = node.spawn_plugin("weft", "ADD", &cid, "eth0", Some(&pod.path()), &conf);
         std::thread::sleep(Duration::from_micros(delay_us));
         // `ip netns exec` execs weft in place: the pid is weft's.
         let _ = child.kill();

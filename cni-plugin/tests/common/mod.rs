@@ -239,8 +239,10 @@ impl Node {
         json!([[{"subnet": "10.77.0.0/24"}], [{"subnet": "fd00:77::/64"}]])
     }
 
-    /// Run `plugin` (a file name in CNI_PATH) inside the node netns.
-    pub fn plugin(
+    /// Start `plugin` (a file name in CNI_PATH) inside the node netns, as a
+    /// runtime does, with `conf` written to its stdin. `ip netns exec` execs
+    /// the plugin in place, so the child's pid is the plugin's.
+    pub fn spawn_plugin(
         &self,
         plugin: &str,
         cmd: &str,
@@ -248,7 +250,7 @@ impl Node {
         ifname: &str,
         netns: Option<&Path>,
         conf: &Value,
-    ) -> Reply {
+    ) -> std::process::Child {
         let path = format!("{}:{REF_PLUGINS}", bin_dir().display());
         let exe = std::env::split_paths(&path)
             .map(|d| d.join(plugin))
@@ -276,7 +278,23 @@ impl Node {
             .unwrap()
             .write_all(conf.to_string().as_bytes())
             .unwrap();
-        let out = child.wait_with_output().unwrap();
+        child
+    }
+
+    /// Run `plugin` to completion and parse what it printed.
+    pub fn plugin(
+        &self,
+        plugin: &str,
+        cmd: &str,
+        cid: &str,
+        ifname: &str,
+        netns: Option<&Path>,
+        conf: &Value,
+    ) -> Reply {
+        let out = self
+            .spawn_plugin(plugin, cmd, cid, ifname, netns, conf)
+            .wait_with_output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         Reply {
             ok: out.status.success(),
