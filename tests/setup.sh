@@ -12,6 +12,7 @@ set -euo pipefail
 WEFT_APT_PACKAGES=(
   iproute2 iputils-ping procps psmisc nftables iptables
   containernetworking-plugins containerd runc busybox-static
+  wireguard-go wireguard-tools iperf3 tcpdump util-linux
   gcc libc6-dev pkg-config ca-certificates curl protobuf-compiler
 )
 missing=()

@@ -1,0 +1,219 @@
+//! `weft-agent`: run the node agent, or `weft-agent cleanup`.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use ipnetwork::IpNetwork;
+use tokio::sync::Notify;
+use weft_agent::config::{BackendChoice, Settings};
+use weft_agent::key::PrivateKey;
+use weft_agent::metrics::Metrics;
+use weft_agent::net::Net;
+use weft_agent::reconcile::{self, Agent};
+use weft_agent::{cleanup, http, kube};
+
+#[derive(Parser)]
+#[command(
+    name = "weft-agent",
+    version,
+    about = "weft's node agent: WireGuard mesh, routes, CNI bootstrap"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    opts: Opts,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent (the default).
+    Run,
+    /// Remove everything weft made on this node (device, rules, CNI files, state); idempotent.
+    Cleanup,
+}
+
+#[derive(Args)]
+struct Opts {
+    /// This node's name (from the downward API in the DaemonSet).
+    #[arg(long, env = "NODE_NAME", global = true)]
+    node_name: Option<String>,
+    /// Kubeconfig; in-cluster config when neither this nor KUBECONFIG is set.
+    #[arg(long, env = "KUBECONFIG", global = true)]
+    kubeconfig: Option<PathBuf>,
+    #[arg(long, env = "WEFT_CNI_BIN_DIR", default_value = "/opt/cni/bin", global = true)]
+    cni_bin_dir: PathBuf,
+    #[arg(long, env = "WEFT_CNI_CONF_DIR", default_value = "/etc/cni/net.d", global = true)]
+    cni_conf_dir: PathBuf,
+    /// Where `weft` and `weft-ipam` are copied from [default: the agent binary's directory].
+    #[arg(long, env = "WEFT_CNI_SOURCE_DIR", global = true)]
+    cni_source_dir: Option<PathBuf>,
+    /// Persistent state: the WireGuard key, IPAM data.
+    #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft", global = true)]
+    state_dir: PathBuf,
+    /// Runtime files: readiness file, userspace WireGuard pid/log/socket.
+    #[arg(long, env = "WEFT_RUN_DIR", default_value = "/run/weft", global = true)]
+    run_dir: PathBuf,
+    /// The file `weft` STATUS waits for [default: RUN_DIR/ready].
+    #[arg(long, env = "WEFT_READINESS_FILE", global = true)]
+    readiness_file: Option<PathBuf>,
+    #[arg(
+        long,
+        env = "WEFT_CNI_LOG_FILE",
+        default_value = "/var/log/weft/cni.log",
+        global = true
+    )]
+    cni_log_file: PathBuf,
+    #[arg(long, env = "WEFT_BRIDGE", default_value = "weft0", global = true)]
+    bridge: String,
+    #[arg(long, env = "WEFT_WG_IFACE", default_value = "weft-wg", global = true)]
+    wg_iface: String,
+    #[arg(long, env = "WEFT_WG_PORT", default_value_t = 51820, global = true)]
+    wg_port: u16,
+    /// auto (kernel module if present, else userspace), kernel or userspace.
+    #[arg(long, env = "WEFT_WG_BACKEND", default_value = "auto", global = true)]
+    wg_backend: BackendChoice,
+    /// Userspace WireGuard implementation (wireguard-go compatible: `BIN -f IFACE`, UAPI socket).
+    #[arg(long, env = "WEFT_WG_USERSPACE", default_value = "wireguard-go", global = true)]
+    wg_userspace: PathBuf,
+    /// Directory of the userspace UAPI socket [default: RUN_DIR/wireguard].
+    #[arg(long, env = "WEFT_WG_SOCKET_DIR", global = true)]
+    wg_socket_dir: Option<PathBuf>,
+    /// Overlay MTU [default: underlay MTU - 60 (IPv4 underlay) or - 80 (IPv6)].
+    #[arg(long, env = "WEFT_MTU", global = true)]
+    mtu: Option<u32>,
+    /// Cluster CIDR(s) pods reach without masquerade (repeat or comma-separate) [default: all nodes' pod CIDRs].
+    #[arg(long, env = "WEFT_CLUSTER_CIDR", value_delimiter = ',', global = true)]
+    cluster_cidr: Vec<IpNetwork>,
+    /// Chain the `portmap` plugin after weft in the conflist.
+    #[arg(long, env = "WEFT_CHAIN_PORTMAP", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    chain_portmap: bool,
+    /// Address of /healthz, /livez and /metrics.
+    #[arg(long, env = "WEFT_METRICS_ADDR", default_value = "0.0.0.0:10256", global = true)]
+    metrics_addr: SocketAddr,
+    /// Full reconcile at least this often (seconds).
+    #[arg(long, env = "WEFT_RESYNC_SECONDS", default_value_t = 30, global = true)]
+    resync_seconds: u64,
+}
+
+impl Opts {
+    fn settings(&self) -> Result<Settings> {
+        let node_name = self.node_name.clone().unwrap_or_default();
+        let source = match &self.cni_source_dir {
+            Some(d) => d.clone(),
+            None => std::env::current_exe()
+                .context("find the agent binary")?
+                .parent()
+                .context("agent binary has no directory")?
+                .to_path_buf(),
+        };
+        Ok(Settings {
+            node_name,
+            wg_iface: self.wg_iface.clone(),
+            wg_port: self.wg_port,
+            wg_backend: self.wg_backend,
+            wg_userspace_bin: self.wg_userspace.clone(),
+            wg_socket_dir: self
+                .wg_socket_dir
+                .clone()
+                .unwrap_or_else(|| self.run_dir.join("wireguard")),
+            mtu: self.mtu,
+            cluster_cidrs: self.cluster_cidr.clone(),
+            cni_bin_dir: self.cni_bin_dir.clone(),
+            cni_conf_dir: self.cni_conf_dir.clone(),
+            cni_source_dir: source,
+            state_dir: self.state_dir.clone(),
+            run_dir: self.run_dir.clone(),
+            readiness_file: self
+                .readiness_file
+                .clone()
+                .unwrap_or_else(|| self.run_dir.join("ready")),
+            cni_log_file: self.cni_log_file.clone(),
+            bridge: self.bridge.clone(),
+            chain_portmap: self.chain_portmap,
+            metrics_addr: self.metrics_addr,
+            resync: Duration::from_secs(self.resync_seconds.max(1)),
+        })
+    }
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let settings = cli.opts.settings()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start tokio runtime")?;
+    match cli.command.unwrap_or(Cmd::Run) {
+        Cmd::Run => rt.block_on(run(settings, cli.opts.kubeconfig)),
+        Cmd::Cleanup => rt.block_on(run_cleanup(settings)),
+    }
+}
+
+async fn run_cleanup(settings: Settings) -> Result<()> {
+    match cleanup::cleanup(&settings).await {
+        Ok(done) if done.is_empty() => tracing::info!("nothing to clean up"),
+        Ok(done) => done.iter().for_each(|d| tracing::info!(step = %d, "cleaned up")),
+        Err(errors) => {
+            errors
+                .iter()
+                .for_each(|e| tracing::error!(error = %e, "cleanup step failed"));
+            bail!("cleanup: {} step(s) failed", errors.len());
+        }
+    }
+    Ok(())
+}
+
+async fn run(settings: Settings, kubeconfig: Option<PathBuf>) -> Result<()> {
+    if settings.node_name.is_empty() {
+        bail!("no node name: set NODE_NAME or --node-name");
+    }
+    let (key, created) = PrivateKey::load_or_create(&settings.key_file()).context("WireGuard private key")?;
+    tracing::info!(
+        node = %settings.node_name,
+        public_key = %key.public(),
+        key_file = %settings.key_file().display(),
+        created,
+        "weft-agent starting"
+    );
+    let metrics = Arc::new(Metrics::default());
+    let bound = http::serve(settings.metrics_addr, metrics.clone(), settings.resync * 3)
+        .await
+        .with_context(|| format!("listen on {}", settings.metrics_addr))?;
+    tracing::info!(addr = %bound, "serving /healthz /livez /metrics");
+    let client = kube::client(kubeconfig.as_deref()).await.context("Kubernetes client")?;
+    let changed = Arc::new(Notify::new());
+    let store = kube::watch_nodes(client.clone(), changed.clone(), metrics.clone());
+    let net = Net::here().context("netlink")?;
+    let agent = Agent::new(settings, key, client, net, metrics);
+    reconcile::run(agent, store, changed, shutdown()).await;
+    Ok(())
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}

@@ -1,0 +1,335 @@
+//! The WireGuard mesh end to end: real `weft-agent` processes in node
+//! namespaces, the API emulator, pods wired by the real `weft`, real traffic.
+//! Root only; fails (never skips) without root or tools.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const TOOLS: &[&str] = &[
+    "ip",
+    "nft",
+    "wireguard-go",
+    "tcpdump",
+    "ping",
+    "curl",
+    "setsid",
+    "unshare",
+];
+
+fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
+}
+
+/// Wait until `node` has exactly `want` peers.
+fn wait_peers(lab: &Lab, node: &str, want: usize) {
+    wait_for(&format!("{node} to have {want} peers"), Duration::from_secs(30), || {
+        (lab.peers(node).len() == want).then_some(())
+    });
+}
+
+fn log_of(lab: &Lab, node: &str) -> String {
+    std::fs::read_to_string(lab.node(node).agent_log()).unwrap_or_default()
+}
+
+#[test]
+fn mesh_end_to_end() {
+    require_root_and_tools(TOOLS);
+    let mut lab = Lab::new();
+    lab.add_node(1);
+    lab.add_node(2);
+    for n in ["node-1", "node-2"] {
+        lab.wait_ready(n);
+    }
+    wait_peers(&lab, "node-1", 1);
+    wait_peers(&lab, "node-2", 1);
+
+    // Keys and endpoints published as annotations; the condition set.
+    let node1 = lab.get_node("node-1");
+    let ann = node1.metadata.annotations.clone().unwrap();
+    assert_eq!(ann["weft.io/wireguard-endpoint"], "172.31.0.11:51820");
+    let key1 = ann["weft.io/wireguard-public-key"].clone();
+    let conds = node1.status.unwrap().conditions.unwrap();
+    assert!(
+        conds
+            .iter()
+            .any(|c| c.type_ == "NetworkUnavailable" && c.status == "False"),
+        "{conds:?}"
+    );
+    // The key file is 0600.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(lab.node("node-1").key_file()).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(
+        !log_of(&lab, "node-1").contains(
+            &std::fs::read_to_string(lab.node("node-1").key_file())
+                .unwrap()
+                .trim()
+                .to_string()
+        ),
+        "private key in the log"
+    );
+
+    // Peers and routes.
+    let p = &lab.peers("node-2")[0];
+    assert_eq!(p.key.unwrap().to_base64(), key1);
+    assert_eq!(p.endpoint.unwrap().to_string(), "172.31.0.11:51820");
+    let ips: Vec<String> = p.allowed_ips.iter().map(ToString::to_string).collect();
+    assert_eq!(ips, ["10.244.1.0/24", "fd00:10:244:1::/64"]);
+    let routes = lab.wg_routes("node-2");
+    assert!(routes.contains("10.244.1.0/24 proto static src 10.244.2.1"), "{routes}");
+    assert!(
+        routes.contains("fd00:10:244:1::/64 proto static src fd00:10:244:2::1"),
+        "{routes}"
+    );
+    // MTU: 1500 underlay - 60.
+    let link = ns_sh(&lab.node("node-1").ns, &["ip", "link", "show", "weft-wg"]);
+    assert!(link.contains("mtu 1440"), "{link}");
+    let conflist = std::fs::read_to_string(lab.node("node-1").conflist()).unwrap();
+    assert!(conflist.contains("\"mtu\": 1440"), "{conflist}");
+
+    // Pods on both nodes.
+    lab.add_pod("node-1", "a");
+    lab.add_pod("node-2", "b");
+    let (a_ns, a4, a6) = (lab.pod("a").ns.clone(), lab.pod("a").v4, lab.pod("a").v6.unwrap());
+    let (b_ns, b4, b6) = (lab.pod("b").ns.clone(), lab.pod("b").v4, lab.pod("b").v6.unwrap());
+    let n1 = lab.node("node-1").ns.clone();
+    let n2 = lab.node("node-2").ns.clone();
+
+    // ICMP, TCP, UDP pod → pod across nodes, v4 and v6; the server sees the client pod.
+    ping(&a_ns, &b4.to_string());
+    ping(&b_ns, &a4.to_string());
+    ping(&a_ns, &b6.to_string());
+    assert_eq!(
+        tcp_check(&a_ns, &b_ns, sa(b4, 8080), b"hi".to_vec()).ip(),
+        IpAddr::V4(a4)
+    );
+    assert_eq!(tcp_check(&b_ns, &a_ns, sa(a6, 8080), b"hi".to_vec()).ip(), b6);
+    assert_eq!(udp_check(&a_ns, &b_ns, sa(b4, 5353)).ip(), IpAddr::V4(a4));
+    assert_eq!(udp_check(&b_ns, &a_ns, sa(a6, 5353)).ip(), b6);
+
+    // Node → remote pod (source: the node's gateway address) and pod → remote node.
+    ping(&n1, &b4.to_string());
+    assert_eq!(
+        tcp_check(&n1, &b_ns, sa(b4, 8081), b"x".to_vec()).ip().to_string(),
+        "10.244.1.1"
+    );
+    ping(&a_ns, "172.31.0.12");
+    assert_eq!(
+        tcp_check(&a_ns, &n2, sa([172, 31, 0, 12], 8082), b"x".to_vec())
+            .ip()
+            .to_string(),
+        "172.31.0.11",
+        "pod → outside the cluster CIDR is masqueraded"
+    );
+
+    // MTU: full-size transfers pod → remote pod and node → remote pod.
+    let big = vec![7u8; 8 << 20];
+    tcp_check(&a_ns, &b_ns, sa(b4, 8083), big.clone());
+    tcp_check(&n1, &b_ns, sa(b4, 8084), big.clone());
+    tcp_check(&n2, &a_ns, sa(a6, 8085), big);
+
+    // The underlay carries WireGuard, never the plaintext.
+    let cap = lab.dir.join("underlay.pcap");
+    let mut dump = Command::new("ip")
+        .args(["netns", "exec", &lab.sw, "tcpdump", "-i", "br0", "-U", "-n", "-w"])
+        .arg(&cap)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("tcpdump to start", Duration::from_secs(10), || {
+        cap.exists().then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let marker = b"WEFT-PLAINTEXT-MARKER-0123456789".repeat(64);
+    tcp_check(&a_ns, &b_ns, sa(b4, 8086), marker.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = Command::new("kill").args(["-INT", &dump.id().to_string()]).status();
+    let _ = dump.wait();
+    assert!(
+        !file_contains(&cap, b"WEFT-PLAINTEXT-MARKER"),
+        "plaintext visible on the underlay"
+    );
+    let wg_packets = sh(&["tcpdump", "-n", "-r", cap.to_str().unwrap(), "udp port 51820"]);
+    assert!(
+        wg_packets.lines().count() >= 10,
+        "no WireGuard packets on the underlay:\n{wg_packets}"
+    );
+    let plain = sh(&["tcpdump", "-n", "-r", cap.to_str().unwrap(), "tcp port 8086"]);
+    assert!(plain.is_empty(), "pod TCP visible on the underlay:\n{plain}");
+
+    // Metrics and health.
+    let m = metrics(&n1);
+    assert!(m.contains("weft_agent_wireguard_peers 1"), "{m}");
+    assert!(
+        m.contains("weft_agent_wireguard_peer_receive_bytes_total{node=\"node-2\"}"),
+        "{m}"
+    );
+    assert!(m.contains("weft_agent_reconcile_duration_seconds_count"), "{m}");
+    ns_sh(&n1, &["curl", "-sf", "http://127.0.0.1:10256/healthz"]);
+    ns_sh(&n1, &["curl", "-sf", "http://127.0.0.1:10256/livez"]);
+
+    // kill -9 of node-1's agent while a TCP stream runs: no loss, and the
+    // restarted agent changes nothing.
+    let srv = tcp_server(&b_ns, sa(b4, 9000));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let client = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        in_ns(&a_ns, move || {
+            use std::io::Write;
+            let mut s = std::net::TcpStream::connect_timeout(&sa(b4, 9000), Duration::from_secs(5)).unwrap();
+            s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+            let chunk = vec![1u8; 16 << 10];
+            while !stop.load(Ordering::SeqCst) {
+                s.write_all(&chunk).expect("stream broken while the agent restarted");
+                sent.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let before_kill = log_of(&lab, "node-1").len();
+    lab.kill_agent("node-1");
+    let at_kill = sent.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        sent.load(Ordering::SeqCst) > at_kill,
+        "stream stalled while the agent was dead"
+    );
+    lab.start_agent("node-1");
+    let restarted = wait_for("the restarted agent's first pass", Duration::from_secs(30), || {
+        let log = log_of(&lab, "node-1");
+        let tail = log[before_kill..].to_string();
+        (tail.contains("up to date") || tail.contains("reconciled") || tail.contains("reconcile failed"))
+            .then_some(tail)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::SeqCst);
+    client.join().unwrap();
+    let (_, got) = srv.join().unwrap();
+    assert_eq!(got.len() as u64, sent.load(Ordering::SeqCst), "bytes lost");
+    assert!(got.iter().all(|b| *b == 1));
+    assert!(
+        !restarted.contains("applied"),
+        "the restarted agent changed something:\n{restarted}"
+    );
+    assert!(restarted.contains("up to date"), "{restarted}");
+
+    // A node added later joins the mesh.
+    lab.add_node(3);
+    lab.wait_ready("node-3");
+    wait_peers(&lab, "node-1", 2);
+    wait_peers(&lab, "node-3", 2);
+    lab.add_pod("node-3", "c");
+    let (c_ns, c4) = (lab.pod("c").ns.clone(), lab.pod("c").v4);
+    // Three nodes: every pod reaches every other pod across nodes (ICMP, TCP, UDP).
+    let c6 = lab.pod("c").v6.unwrap();
+    for (from, to, to4, to6, from4) in [
+        (&c_ns, &a_ns, a4, a6, c4),
+        (&c_ns, &b_ns, b4, b6, c4),
+        (&a_ns, &c_ns, c4, c6, a4),
+        (&b_ns, &c_ns, c4, c6, b4),
+    ] {
+        ping(from, &to4.to_string());
+        ping(from, &to6.to_string());
+        assert_eq!(
+            tcp_check(from, to, sa(to4, 8087), b"c".to_vec()).ip(),
+            IpAddr::V4(from4)
+        );
+        assert_eq!(udp_check(from, to, sa(to4, 5354)).ip(), IpAddr::V4(from4));
+    }
+
+    // A deleted node's peer and routes disappear.
+    lab.kill_agent("node-3");
+    lab.delete_node("node-3");
+    wait_peers(&lab, "node-1", 1);
+    wait_for("node-3's routes to go from node-1", Duration::from_secs(30), || {
+        (!lab.wg_routes("node-1").contains("10.244.3.0/24")).then_some(())
+    });
+
+    // A bad key annotation on node-2 is a problem, not an outage. (node-2's
+    // agent would repair its annotation at once, so it is stopped first; its
+    // WireGuard device keeps running.)
+    lab.kill_agent("node-2");
+    let api = lab.nodes_api();
+    let bad = serde_json::json!({"metadata": {"annotations": {"weft.io/wireguard-public-key": "not-a-key"}}});
+    lab.block_on(api.patch(
+        "node-2",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&bad),
+    ))
+    .unwrap();
+    wait_for("the bad-key metric", Duration::from_secs(30), || {
+        metrics(&n1)
+            .contains("weft_agent_node_problems_total{kind=\"bad_key\"} 1")
+            .then_some(())
+    });
+    assert_eq!(lab.peers("node-1").len(), 1, "the working peer was torn down");
+    ping(&a_ns, &b4.to_string());
+
+    // node-2 is reinstalled with a new key: connectivity returns.
+    lab.kill_wireguard("node-2");
+    std::fs::remove_file(lab.node("node-2").key_file()).unwrap();
+    lab.start_agent("node-2");
+    let started = Instant::now();
+    wait_for("node-1 to take node-2's new key", Duration::from_secs(30), || {
+        let p = lab.peers("node-1");
+        (p.len() == 1 && p[0].key.unwrap().to_base64() != ann["weft.io/wireguard-public-key"] && {
+            let k2 = lab.get_node("node-2").metadata.annotations.unwrap()["weft.io/wireguard-public-key"].clone();
+            p[0].key.unwrap().to_base64() == k2
+        })
+        .then_some(())
+    });
+    ping(&a_ns, &b4.to_string());
+    assert!(started.elapsed() < Duration::from_secs(45));
+    assert_eq!(
+        tcp_check(&a_ns, &b_ns, sa(b4, 8088), b"again".to_vec()).ip(),
+        IpAddr::V4(a4)
+    );
+}
+
+#[test]
+fn cleanup_removes_everything_and_is_idempotent() {
+    require_root_and_tools(TOOLS);
+    let mut lab = Lab::new();
+    lab.add_node(1);
+    lab.wait_ready("node-1");
+    lab.add_pod("node-1", "solo");
+    lab.kill_agent("node-1");
+    let n = lab.node("node-1");
+    let run_cleanup = || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &n.ns])
+            .arg(env!("CARGO_BIN_EXE_weft-agent"))
+            .arg("cleanup")
+            .args(n.agent_args())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let first = run_cleanup();
+    assert!(first.contains("removed"), "{first}");
+    let second = run_cleanup();
+    assert!(second.contains("nothing to clean up"), "{second}");
+    assert!(!n.conflist().exists());
+    assert!(!n.dir.join("bin/weft").exists());
+    assert!(!n.key_file().exists());
+    assert!(!n.run_dir().join("ready").exists());
+    let links = ns_sh(&n.ns, &["ip", "link"]);
+    assert!(!links.contains("weft-wg") && !links.contains("weft0"), "{links}");
+    let tables = ns_sh(&n.ns, &["nft", "list", "tables"]);
+    assert!(!tables.contains("weft"), "{tables}");
+    let pid = std::fs::read_to_string(n.run_dir().join("weft-wg.pid"));
+    assert!(pid.is_err(), "pid file left");
+}
