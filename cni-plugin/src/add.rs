@@ -86,6 +86,16 @@ impl Wiring<'_> {
             .ensure_bridge(plan.bridge.as_str(), plan.mtu, names::bridge_mac(plan.bridge.as_str()))
             .await
             .map_err(Error::netlink(format!("create bridge {}", plan.bridge)))?;
+        if !bridge.up {
+            sysctl::no_dad(plan.bridge.as_str()).map_err(|source| Error::Sysctl {
+                step: "turn off duplicate address detection on the bridge",
+                source,
+            })?;
+            self.host
+                .set_up(bridge.index)
+                .await
+                .map_err(Error::netlink(format!("set {} up", plan.bridge)))?;
+        }
         // The gateway of each address lives on the bridge, with the
         // address's prefix length, so the subnet is routed to the bridge.
         for ip in &ipam.ips {

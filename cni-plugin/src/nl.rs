@@ -164,9 +164,10 @@ impl Nl {
         Ok(msgs.iter().map(Link::from_msg).collect())
     }
 
-    /// `ip link add NAME type bridge` with a fixed MAC and MTU, then
-    /// `ip link set NAME up`. Safe when many processes race to create it:
-    /// the losers find the winner's bridge.
+    /// `ip link add NAME type bridge` with a fixed MAC and MTU, left down so
+    /// the caller can configure it before it comes up (see
+    /// [`crate::sysctl::no_dad`]). Safe when many processes race to create
+    /// it: the losers find the winner's bridge.
     pub async fn ensure_bridge(&self, name: &str, mtu: u32, mac: [u8; 6]) -> NlResult<Link> {
         if let Some(l) = self.link(name).await? {
             if l.kind != Some(InfoKind::Bridge) {
@@ -175,28 +176,23 @@ impl Nl {
                     Some(libc::EEXIST),
                 ));
             }
-            if !l.up {
-                self.set_up(l.index).await?;
-            }
             return Ok(l);
         }
         // A fixed address keeps the bridge's MAC stable as ports come and go
         // (otherwise it follows the lowest port MAC and pods' ARP entries for
         // the gateway go stale).
-        let msg = LinkBridge::new(name).mtu(mtu).address(mac.to_vec()).build();
+        let msg = LinkMessageBuilder::<LinkBridge>::new(name)
+            .mtu(mtu)
+            .address(mac.to_vec())
+            .build();
         match self.handle.link().add(msg).execute().await.map_err(NlError::from) {
             Ok(()) => {}
             Err(e) if e.is(libc::EEXIST) => {}
             Err(e) => return Err(e),
         }
-        let l = self
-            .link(name)
+        self.link(name)
             .await?
-            .ok_or_else(|| NlError(format!("bridge {name} vanished after creation"), None))?;
-        if !l.up {
-            self.set_up(l.index).await?;
-        }
-        Ok(l)
+            .ok_or_else(|| NlError(format!("bridge {name} vanished after creation"), None))
     }
 
     /// `ip link set dev INDEX up`

@@ -24,3 +24,20 @@ pub fn enable_forwarding(v4: bool, v6: bool) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// `sysctl net.ipv6.conf.DEV.accept_dad=0`, before DEV comes up.
+///
+/// The node answers for pods it routes to: to forward an IPv6 packet to a pod
+/// (from another node, through the tunnel) the node sends a neighbour
+/// solicitation from the bridge's link-local address, and while that address
+/// is still tentative (duplicate address detection, 1-2 s after the bridge
+/// comes up) the kernel holds the solicitation back, so the first pods of a
+/// node were unreachable over IPv6 from other nodes for that long. The link-
+/// local address is derived from the bridge's MAC, which weft fixes, so DAD
+/// guards against nothing here. A node without IPv6 has no such file: fine.
+pub fn no_dad(dev: &str) -> io::Result<()> {
+    match ensure(&Path::new("/proc/sys/net/ipv6/conf").join(dev).join("accept_dad"), "0") {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}

@@ -322,3 +322,51 @@ fn repeated_add_with_a_leftover_veth_is_recovered() {
     node.weft("DEL", "again", Some(&pod.path()), &conf).expect_ok();
     assert!(node.weft_veths().is_empty());
 }
+
+#[test]
+fn ipv6_forwarded_to_a_new_pod_works_at_once() {
+    // Traffic routed through the node (as from another node through the
+    // tunnel) needs the node's neighbour solicitation from the bridge; with
+    // duplicate address detection on the bridge's link-local address that
+    // was held back for 1-2 s after the bridge came up.
+    let node = Node::new();
+    let router = Netns::new("wt-r");
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        "wtr0",
+        "netns",
+        &node.ns.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &router.name,
+    ]);
+    node.ns
+        .ok(&["ip", "addr", "add", "fd00:99::1/64", "dev", "wtr0", "nodad"]);
+    node.ns.ok(&["ip", "link", "set", "wtr0", "up"]);
+    router.ok(&["ip", "addr", "add", "fd00:99::2/64", "dev", "eth0", "nodad"]);
+    router.ok(&["ip", "link", "set", "eth0", "up"]);
+    router.ok(&["ip", "-6", "route", "add", "fd00:77::/64", "via", "fd00:99::1"]);
+    node.ns.ok(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+
+    let conf = node.weft_conf("1.1.0", Node::dual_stack());
+    let pod = Netns::new("wt-p");
+    let r = node.weft("ADD", "fwd6", Some(&pod.path()), &conf).expect_ok();
+    let pod6 = Reply::ip(&r, false);
+    let out = router.exec(&["ping", "-6", "-c", "1", "-W", "1", &pod6]);
+    assert!(
+        out.status.success(),
+        "the first forwarded IPv6 packet reached the new pod within 1 s: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        node.ns.ok(&["sysctl", "-n", "net.ipv6.conf.weft0.accept_dad"]).trim(),
+        "0"
+    );
+    node.weft("DEL", "fwd6", Some(&pod.path()), &conf).expect_ok();
+}

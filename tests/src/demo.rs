@@ -89,7 +89,7 @@ pub fn plan(st: &LabState) -> Vec<Probe> {
             if from_pod.is_some_and(|p| p.name == to.name) {
                 continue;
             }
-            let not_yet = (*from_node != to.node).then_some(CROSS_NODE);
+            let not_yet = (!st.agents && *from_node != to.node).then_some(CROSS_NODE);
             for (proto, v6) in [(Proto::Tcp, false), (Proto::Tcp, true), (Proto::Udp, false)] {
                 let Some(ip) = to.ip(v6) else { continue };
                 let port = if proto == Proto::Tcp { HTTP_PORT } else { UDP_PORT };

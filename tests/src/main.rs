@@ -57,6 +57,10 @@ enum Cmd {
         keep: bool,
         #[arg(long, env = "WEFT_BIN_DIR")]
         bin_dir: Option<PathBuf>,
+        /// No weft-agent on the nodes: the lab writes each node's conflist,
+        /// and only same-node pairs are expected to connect.
+        #[arg(long)]
+        no_agent: bool,
     },
     /// Run the Kubernetes API emulator (plain HTTP, no auth).
     Apiserver {
@@ -90,9 +94,12 @@ enum Cmd {
 struct UpArgs {
     #[arg(long, default_value_t = 2)]
     nodes: u8,
-    /// Directory with the `weft` and `weft-ipam` binaries (default: next to weft-lab).
+    /// Directory with the `weft`, `weft-ipam` and `weft-agent` binaries (default: next to weft-lab).
     #[arg(long, env = "WEFT_BIN_DIR")]
     bin_dir: Option<PathBuf>,
+    /// No weft-agent on the nodes (the lab writes each node's conflist).
+    #[arg(long)]
+    no_agent: bool,
 }
 
 #[derive(Subcommand)]
@@ -128,11 +135,12 @@ impl Cli {
     }
 }
 
-fn config(cli: &Cli, nodes: u8, bin_dir: Option<PathBuf>) -> Result<LabConfig> {
+fn config(cli: &Cli, nodes: u8, bin_dir: Option<PathBuf>, no_agent: bool) -> Result<LabConfig> {
     let exe = std::env::current_exe().context("find the weft-lab binary")?;
     let mut c = LabConfig::new(&cli.lab_name(), nodes, exe);
     c.root = cli.root.clone();
     c.cni_bin_dir = bin_dir;
+    c.agents = !no_agent;
     Ok(c)
 }
 
@@ -182,8 +190,8 @@ fn exec(lab: &Lab, who: &Endpoint, cmd: &[String]) -> Result<ExitCode> {
     Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
 }
 
-fn run_demo(cli: &Cli, nodes: u8, keep: bool, bin_dir: Option<PathBuf>) -> Result<ExitCode> {
-    let lab = Lab::up(&config(cli, nodes, bin_dir)?)?;
+fn run_demo(cli: &Cli, nodes: u8, keep: bool, bin_dir: Option<PathBuf>, no_agent: bool) -> Result<ExitCode> {
+    let lab = Lab::up(&config(cli, nodes, bin_dir, no_agent)?)?;
     println!(
         "lab {} is up: {nodes} nodes, API emulator at {}",
         lab.name,
@@ -204,7 +212,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let open = || Lab::open(&cli.root, &name);
     match &cli.command {
         Cmd::Up(a) => {
-            let lab = Lab::up(&config(&cli, a.nodes, a.bin_dir.clone())?)?;
+            let lab = Lab::up(&config(&cli, a.nodes, a.bin_dir.clone(), a.no_agent)?)?;
             print_status(&lab)?;
         }
         Cmd::Down => {
@@ -239,7 +247,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Exec { pod, cmd } => return exec(&open()?, &Endpoint::Pod(pod.clone()), cmd),
         Cmd::ExecNode { node, cmd } => return exec(&open()?, &Endpoint::Node(node.clone()), cmd),
-        Cmd::Demo { nodes, keep, bin_dir } => return run_demo(&cli, *nodes, *keep, bin_dir.clone()),
+        Cmd::Demo {
+            nodes,
+            keep,
+            bin_dir,
+            no_agent,
+        } => return run_demo(&cli, *nodes, *keep, bin_dir.clone(), *no_agent),
         Cmd::Apiserver {
             listen,
             state,

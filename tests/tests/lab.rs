@@ -116,8 +116,15 @@ fn down_after_a_crash_still_cleans_up() {
     lab.add_pod(&PodSpec::new("node-1", "victim").serve(Some(8080), Some(9090)))
         .unwrap();
     let fp = footprint(lab);
-    assert_eq!(fp.state.procs.len(), 2, "emulator and pod server: {:?}", fp.state.procs);
-    // Simulate a crash: every lab process dies at once, no cleanup runs.
+    assert_eq!(
+        fp.state.procs.len(),
+        4,
+        "emulator, one weft-agent per node, pod server: {:?}",
+        fp.state.procs
+    );
+    // Simulate a crash: every lab process dies at once, no cleanup runs
+    // (the agents' userspace WireGuard processes are not the lab's: they
+    // keep running, and down must still find and stop them).
     for p in &fp.state.procs {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid), nix::sys::signal::Signal::SIGKILL).unwrap();
     }

@@ -53,6 +53,11 @@ pub struct LabConfig {
     pub lab_bin: PathBuf,
     /// Where `weft` and `weft-ipam` are; default: `WEFT_BIN_DIR`, else next to `lab_bin`.
     pub cni_bin_dir: Option<PathBuf>,
+    /// Run one `weft-agent` per node (found next to `weft`): it builds the
+    /// WireGuard mesh and writes the node's conflist and readiness file.
+    /// Without agents the lab writes those itself and pods only reach pods
+    /// on their own node.
+    pub agents: bool,
 }
 
 impl LabConfig {
@@ -66,6 +71,7 @@ impl LabConfig {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT)),
             lab_bin: lab_bin.into(),
             cni_bin_dir: None,
+            agents: true,
         }
     }
 }

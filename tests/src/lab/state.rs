@@ -90,6 +90,9 @@ pub struct LabState {
     pub api: Option<ApiInfo>,
     pub nodes: Vec<NodeState>,
     pub pods: Vec<PodState>,
+    /// A `weft-agent` runs on every node (cross-node traffic is expected to work).
+    #[serde(default)]
+    pub agents: bool,
 }
 
 impl LabState {

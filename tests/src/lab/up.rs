@@ -24,6 +24,10 @@ const API_PORT: u16 = 6443;
 const API_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// At most this many nodes (10.244.N.0/24 and 172.30.0.(10+N) must fit).
 const MAX_NODES: u8 = 50;
+/// Bound on an agent bringing its node's network up (mesh, conflist, ready).
+const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Every node's pod CIDRs fall in these: traffic to them is never masqueraded.
+const CLUSTER_CIDRS: &str = "10.244.0.0/16,fd00:10:244::/48";
 
 fn v4(host: u8) -> Ipv4Addr {
     format!("{UNDERLAY_V4}.{host}").parse().expect("valid IPv4")
@@ -44,6 +48,12 @@ fn cni_bin_dir(config: &LabConfig) -> Result<PathBuf> {
             .context("weft-lab binary has no parent directory")?
             .to_path_buf(),
     };
+    if config.agents && !dir.join("weft-agent").is_file() {
+        bail!(
+            "weft-agent not found in {}: build it (cargo build --workspace --bins) or run without agents (--no-agent)",
+            dir.display()
+        );
+    }
     if !dir.join("weft").is_file() {
         bail!(
             "weft not found in {}: build it (cargo build -p weft-cni -p weft-ipam) \
@@ -80,6 +90,7 @@ pub fn up(config: &LabConfig) -> Result<Lab> {
         lab_bin,
         cni_bin_dir,
         switch_netns: format!("{prefix}sw"),
+        agents: config.agents,
         ..LabState::default()
     };
     state::save(&dir, &initial)?;
@@ -105,7 +116,79 @@ fn build(lab: &Lab, nodes: u8) -> Result<()> {
     }
     make_external(lab).context("create the external client")?;
     let url = lab.api_url()?;
-    objects::create_nodes(&url, &lab.name, &made).context("create Node objects")
+    objects::create_nodes(&url, &lab.name, &made).context("create Node objects")?;
+    if lab.state()?.agents {
+        for node in &made {
+            start_agent(lab, node).with_context(|| format!("start weft-agent on {}", node.name))?;
+        }
+        for node in &made {
+            wait_agent_ready(lab, node).with_context(|| format!("weft-agent on {}", node.name))?;
+            check_status(node).with_context(|| format!("{} after its agent came up", node.name))?;
+        }
+    }
+    Ok(())
+}
+
+/// `weft-agent` inside the node's netns, as the DaemonSet runs it on a real
+/// node, with every path under the node's directory (all nodes share one
+/// filesystem). It installs `weft`/`weft-ipam` into the node's CNI bin dir,
+/// writes the conflist and the readiness file once the mesh is up.
+fn start_agent(lab: &Lab, node: &NodeState) -> Result<()> {
+    let st = lab.state()?;
+    let d = |s: &str| node.dir.join(s);
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &node.netns])
+        .arg(st.cni_bin_dir.join("weft-agent"))
+        .args(["--node-name", &node.name])
+        .arg("--kubeconfig")
+        .arg(d("kubeconfig"))
+        .arg("--cni-bin-dir")
+        .arg(node.bin_dir())
+        .arg("--cni-conf-dir")
+        .arg(node.conf_dir())
+        .arg("--cni-source-dir")
+        .arg(&st.cni_bin_dir)
+        .arg("--state-dir")
+        .arg(d("state"))
+        .arg("--run-dir")
+        .arg(d("run"))
+        .arg("--readiness-file")
+        .arg(d("ready"))
+        .arg("--cni-log-file")
+        .arg(d("weft.log"))
+        .args(["--cluster-cidr", CLUSTER_CIDRS])
+        // The lab's runtime runs one plugin, weft; no portmap in the nodes' bin dirs.
+        .arg("--chain-portmap=false")
+        .args(["--metrics-addr", "127.0.0.1:10256"])
+        .env("RUST_LOG", "info");
+    let rec = spawn_detached(cmd, &d("agent.log"), &format!("weft-agent {}", node.name))?;
+    state::update(&lab.dir, |st| {
+        st.procs.push(rec);
+        Ok(())
+    })
+}
+
+/// Wait (bounded) for the agent to have written the conflist and the
+/// readiness file: only then would kubelet schedule pods on the node.
+fn wait_agent_ready(lab: &Lab, node: &NodeState) -> Result<()> {
+    let conflist = node.conf_dir().join(cni::CONFLIST);
+    let ready = node.dir.join("ready");
+    let deadline = Instant::now() + AGENT_READY_TIMEOUT;
+    while Instant::now() < deadline {
+        if conflist.is_file() && ready.is_file() {
+            return Ok(());
+        }
+        let st = lab.state()?;
+        let role = format!("weft-agent {}", node.name);
+        if st.procs.iter().any(|p| p.role == role && !p.alive()) {
+            bail!("weft-agent exited; see {}", node.dir.join("agent.log").display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!(
+        "no conflist and readiness file within {AGENT_READY_TIMEOUT:?}; see {}",
+        node.dir.join("agent.log").display()
+    )
 }
 
 /// Record a namespace in the state, then create it.
@@ -164,10 +247,18 @@ fn make_node(lab: &Lab, i: u8) -> Result<NodeState> {
     netns::sysctl(&node.netns, "net.ipv4.ip_forward", "1")?;
     netns::sysctl(&node.netns, "net.ipv6.conf.all.forwarding", "1")?;
     let st = lab.state()?;
-    install_cni(&node, &st.cni_bin_dir)?;
+    if st.agents {
+        for d in [node.bin_dir(), node.conf_dir(), node.dir.join("ipam")] {
+            std::fs::create_dir_all(&d).with_context(|| format!("create {}", d.display()))?;
+        }
+    } else {
+        install_cni(&node, &st.cni_bin_dir)?;
+    }
     let api = st.api.context("emulator not started")?;
     std::fs::write(node.dir.join("kubeconfig"), objects::kubeconfig(&api.node_url))?;
-    check_status(&node)?;
+    if !st.agents {
+        check_status(&node)?;
+    }
     state::update(&lab.dir, |st| {
         st.nodes.push(node.clone());
         Ok(())
@@ -175,8 +266,8 @@ fn make_node(lab: &Lab, i: u8) -> Result<NodeState> {
     Ok(node)
 }
 
-/// Per-node CNI dirs: binaries linked from the build, the conflist, and the
-/// readiness file (the agent's job once it exists).
+/// Without agents, the lab does what the agent would: per-node CNI dirs,
+/// binaries linked from the build, the conflist, and the readiness file.
 fn install_cni(node: &NodeState, from: &Path) -> Result<()> {
     for d in [node.bin_dir(), node.conf_dir(), node.dir.join("ipam")] {
         std::fs::create_dir_all(&d).with_context(|| format!("create {}", d.display()))?;
