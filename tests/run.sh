@@ -10,4 +10,4 @@ source tests/setup.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
-cargo test --workspace
+cargo test --workspace --no-fail-fast

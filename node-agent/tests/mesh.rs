@@ -326,8 +326,14 @@ fn cleanup_removes_everything_and_is_idempotent() {
     assert!(!n.dir.join("bin/weft").exists());
     assert!(!n.key_file().exists());
     assert!(!n.run_dir().join("ready").exists());
-    let links = ns_sh(&n.ns, &["ip", "link"]);
-    assert!(!links.contains("weft-wg") && !links.contains("weft0"), "{links}");
+    // Exact names: a pod's host veth (`weft` + hex) may well contain "weft0".
+    let links = ns_sh(&n.ns, &["ip", "-o", "link"]);
+    let names: Vec<&str> = links
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n))
+        .collect();
+    assert!(!names.contains(&"weft-wg") && !names.contains(&"weft0"), "{links}");
     let tables = ns_sh(&n.ns, &["nft", "list", "tables"]);
     assert!(!tables.contains("weft"), "{tables}");
     let pid = std::fs::read_to_string(n.run_dir().join("weft-wg.pid"));
