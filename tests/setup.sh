@@ -13,7 +13,7 @@ WEFT_APT_PACKAGES=(
   iproute2 iputils-ping procps psmisc nftables iptables
   containernetworking-plugins containerd runc busybox-static
   wireguard-go wireguard-tools iperf3 tcpdump util-linux
-  gcc libc6-dev pkg-config ca-certificates curl protobuf-compiler
+  gcc libc6-dev pkg-config ca-certificates curl protobuf-compiler python3
 )
 missing=()
 for p in "${WEFT_APT_PACKAGES[@]}"; do

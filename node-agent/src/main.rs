@@ -78,9 +78,10 @@ struct Opts {
     /// auto (kernel module if present, else userspace), kernel or userspace.
     #[arg(long, env = "WEFT_WG_BACKEND", default_value = "auto", global = true)]
     wg_backend: BackendChoice,
-    /// Userspace WireGuard implementation (wireguard-go compatible: `BIN -f IFACE`, UAPI socket).
-    #[arg(long, env = "WEFT_WG_USERSPACE", default_value = "wireguard-go", global = true)]
-    wg_userspace: PathBuf,
+    /// Userspace WireGuard implementation (wireguard-go compatible: `BIN -f IFACE`, UAPI socket)
+    /// [default: `weft-wg` next to the agent binary, else `wireguard-go` from PATH].
+    #[arg(long, env = "WEFT_WG_USERSPACE", global = true)]
+    wg_userspace: Option<PathBuf>,
     /// Directory of the userspace UAPI socket [default: RUN_DIR/wireguard].
     #[arg(long, env = "WEFT_WG_SOCKET_DIR", global = true)]
     wg_socket_dir: Option<PathBuf>,
@@ -117,7 +118,7 @@ impl Opts {
             wg_iface: self.wg_iface.clone(),
             wg_port: self.wg_port,
             wg_backend: self.wg_backend,
-            wg_userspace_bin: self.wg_userspace.clone(),
+            wg_userspace_bin: self.wg_userspace.clone().unwrap_or_else(default_userspace),
             wg_socket_dir: self
                 .wg_socket_dir
                 .clone()
@@ -216,4 +217,15 @@ async fn shutdown() {
         }
         _ => std::future::pending::<()>().await,
     }
+}
+
+/// weft's own userspace WireGuard (`weft-wg`, several times faster than
+/// Debian's wireguard-go: wg/BENCHMARKS.md) when it ships beside the agent,
+/// else `wireguard-go` from PATH.
+fn default_userspace() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("weft-wg")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("wireguard-go"))
 }

@@ -1,5 +1,6 @@
 //! The WireGuard device: the kernel module when it is there, otherwise a
-//! userspace implementation (`wireguard-go` by default) running as its own
+//! userspace implementation (`weft-wg` when it ships beside the agent, else
+//! `wireguard-go`) running as its own
 //! process.
 //!
 //! The userspace process is started detached — its own session, stdin/out

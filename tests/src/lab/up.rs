@@ -125,8 +125,48 @@ fn build(lab: &Lab, nodes: u8) -> Result<()> {
             wait_agent_ready(lab, node).with_context(|| format!("weft-agent on {}", node.name))?;
             check_status(node).with_context(|| format!("{} after its agent came up", node.name))?;
         }
+        for node in &made {
+            wait_mesh(node, made.len() - 1).with_context(|| format!("mesh on {}", node.name))?;
+        }
     }
     Ok(())
+}
+
+/// Wait (bounded) until the node's agent has a WireGuard peer for every
+/// other node. A node is ready as soon as its own device is up; its peers
+/// arrive as the other nodes publish their keys. A packet sent before the
+/// other side knows this node has its handshake dropped, and WireGuard
+/// retries only after 5 s (REKEY_TIMEOUT): a converged mesh avoids that in
+/// the demo, as it would be on a cluster that has been up for a while.
+fn wait_mesh(node: &NodeState, peers: usize) -> Result<()> {
+    let deadline = Instant::now() + AGENT_READY_TIMEOUT;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match agent_metric(node, "weft_agent_wireguard_peers") {
+            Ok(Some(n)) if n as usize == peers => return Ok(()),
+            Ok(v) => last = format!("{v:?} peers"),
+            Err(e) => last = format!("{e:#}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("no {peers} WireGuard peers within {AGENT_READY_TIMEOUT:?} (last: {last})")
+}
+
+/// One gauge from the agent's `/metrics`, read inside the node's netns.
+fn agent_metric(node: &NodeState, name: &str) -> Result<Option<f64>> {
+    use std::io::{Read, Write};
+    let text = netns::run_in(&node.netns, || {
+        let addr = "127.0.0.1:10256".parse().expect("valid address");
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: weft-lab\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()))
 }
 
 /// `weft-agent` inside the node's netns, as the DaemonSet runs it on a real
