@@ -134,6 +134,8 @@ fn overlay_throughput() {
             weft / manual
         ));
     }
+    let imp = std::env::var("WEFT_WG_USERSPACE").unwrap_or_else(|_| "weft-wg (beside the agent)".into());
+    println!("\nweft's userspace WireGuard: {imp}");
     println!("\n| streams | underlay Gbit/s | weft overlay (pod→pod) Gbit/s | wireguard-go by hand (node→node) Gbit/s | weft / wireguard-go |");
     println!("|---|---|---|---|---|");
     for r in rows {

@@ -14,7 +14,8 @@ set -euo pipefail
 
 DURATION=${DURATION:-10}
 STREAMS=${STREAMS:-1 2}
-TARGET=${CARGO_TARGET_DIR:-/work/target-wg}
+cd "$(dirname "$0")/../.."
+TARGET=${CARGO_TARGET_DIR:-target}
 WEFT_WG=${WEFT_WG:-$TARGET/release/weft-wg}
 WG_GO=${WG_GO:-$(command -v wireguard-go)}
 A=wgbench-a B=wgbench-b
