@@ -79,7 +79,8 @@ struct Opts {
     #[arg(long, env = "WEFT_WG_BACKEND", default_value = "auto", global = true)]
     wg_backend: BackendChoice,
     /// Userspace WireGuard implementation (wireguard-go compatible: `BIN -f IFACE`, UAPI socket)
-    /// [default: `weft-wg` next to the agent binary, else `wireguard-go` from PATH].
+    /// [default: `weft-wg` next to the agent binary, else `wireguard-go` from PATH]; `external`:
+    /// never start one, adopt the one a sidecar runs (its socket in --wg-socket-dir).
     #[arg(long, env = "WEFT_WG_USERSPACE", global = true)]
     wg_userspace: Option<PathBuf>,
     /// Directory of the userspace UAPI socket [default: RUN_DIR/wireguard].

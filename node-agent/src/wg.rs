@@ -60,6 +60,17 @@ pub enum WgError {
     },
     #[error("the kernel cannot create a WireGuard link and --wg-backend=kernel: {0}")]
     NoKernelModule(#[source] NetError),
+    #[error("no kernel WireGuard, and the external userspace WireGuard (--wg-userspace=external) does not answer on {socket} yet")]
+    WaitingForExternal { socket: String },
+}
+
+/// `--wg-userspace external`: the userspace implementation is run by someone
+/// else (a sidecar container of the DaemonSet pod, so that it outlives agent
+/// container restarts); the agent only adopts it, never starts or removes it.
+pub const EXTERNAL_USERSPACE: &str = "external";
+
+fn external(s: &Settings) -> bool {
+    s.wg_userspace_bin.as_os_str() == EXTERNAL_USERSPACE
 }
 
 /// A WireGuard device the agent can read and change.
@@ -111,6 +122,12 @@ pub async fn ensure(s: &Settings, net: &Net) -> Result<(Device, bool), WgError> 
                 false,
             ));
         }
+        if external(s) {
+            // Most likely the sidecar's TUN, its socket not open yet: not ours to remove.
+            return Err(WgError::WaitingForExternal {
+                socket: socket.display().to_string(),
+            });
+        }
         // A TUN left by a userspace process that died: start afresh.
         tracing::info!(iface = %s.wg_iface, "removing a stale WireGuard link with no process behind it");
         net.del_link(&s.wg_iface).await?;
@@ -130,6 +147,11 @@ pub async fn ensure(s: &Settings, net: &Net) -> Result<(Device, bool), WgError> 
                 tracing::info!(error = %e, "no kernel WireGuard; using userspace {}", s.wg_userspace_bin.display())
             }
         }
+    }
+    if external(s) {
+        return Err(WgError::WaitingForExternal {
+            socket: socket.display().to_string(),
+        });
     }
     start_userspace(s).await?;
     Ok((Device::Userspace { socket }, true))

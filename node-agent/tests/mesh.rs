@@ -339,3 +339,92 @@ fn cleanup_removes_everything_and_is_idempotent() {
     let pid = std::fs::read_to_string(n.run_dir().join("weft-wg.pid"));
     assert!(pid.is_err(), "pid file left");
 }
+
+/// A DaemonSet can run the userspace WireGuard in a sidecar container, so
+/// that it outlives restarts of the agent's container: `--wg-userspace
+/// external` makes the agent wait for that process and adopt it, and never
+/// start (or remove) one itself.
+#[test]
+fn external_userspace_sidecar_is_adopted_and_never_started() {
+    require_root_and_tools(TOOLS);
+    let mut lab = Lab::new();
+    lab.add_node(1);
+    lab.add_node(2);
+    lab.wait_ready("node-1");
+    lab.wait_ready("node-2");
+    // node-2 becomes a sidecar node: its agent and everything it made go.
+    lab.kill_agent("node-2");
+    let n = lab.node("node-2");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &n.ns])
+        .arg(env!("CARGO_BIN_EXE_weft-agent"))
+        .arg("cleanup")
+        .args(n.agent_args())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (ns, sock_dir, ready) = (n.ns.clone(), n.run_dir().join("wireguard"), n.run_dir().join("ready"));
+
+    lab.start_agent_with("node-2", &["--wg-userspace", "external"]);
+    // No sidecar yet: the agent waits, says why, starts nothing, is not ready.
+    wait_for(
+        "node-2's agent to report it waits for the sidecar",
+        Duration::from_secs(20),
+        || {
+            log_of(&lab, "node-2")
+                .contains("external userspace WireGuard")
+                .then_some(())
+        },
+    );
+    assert!(!ready.exists(), "not ready without a WireGuard device");
+    assert!(
+        !ns_sh(&ns, &["ip", "-o", "link"]).contains("weft-wg"),
+        "the agent created no device itself"
+    );
+
+    // The sidecar: weft-wg in node-2's netns, serving the agent's socket dir.
+    let weft_wg = std::path::Path::new(env!("CARGO_BIN_EXE_weft-agent")).with_file_name("weft-wg");
+    assert!(
+        weft_wg.is_file(),
+        "{} missing: cargo build --workspace --bins",
+        weft_wg.display()
+    );
+    std::fs::create_dir_all(&sock_dir).unwrap();
+    let mut sidecar = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg("mkdir -p /run/wireguard && mount --bind \"$0\" /run/wireguard && exec \"$1\" -f weft-wg")
+        .arg(&sock_dir)
+        .arg(&weft_wg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    lab.wait_ready("node-2");
+    wait_peers(&lab, "node-2", 1);
+    wait_peers(&lab, "node-1", 1);
+    lab.add_pod("node-1", "a");
+    lab.add_pod("node-2", "b");
+    let b4 = lab.pod("b").v4.to_string();
+    let a_ns = lab.pod("a").ns.clone();
+    ping(&a_ns, &b4);
+    assert!(
+        !lab.node("node-2").run_dir().join("weft-wg.pid").exists(),
+        "the agent started no userspace process"
+    );
+    // The agent goes away: the sidecar's tunnel keeps carrying traffic.
+    lab.kill_agent("node-2");
+    ping(&a_ns, &b4);
+    let _ = sidecar.kill();
+    let _ = sidecar.wait();
+}

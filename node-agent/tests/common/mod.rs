@@ -330,12 +330,18 @@ impl Lab {
 
     /// Start (or restart) the agent of `name`; its log is appended to.
     pub fn start_agent(&mut self, name: &str) {
+        self.start_agent_with(name, &[]);
+    }
+
+    /// Start the agent of `name` with `extra` flags after the usual ones.
+    pub fn start_agent_with(&mut self, name: &str, extra: &[&str]) {
         let n = self.nodes.get_mut(name).unwrap();
         let log = File::options().create(true).append(true).open(n.agent_log()).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &n.ns])
             .arg(env!("CARGO_BIN_EXE_weft-agent"))
             .args(n.agent_args())
+            .args(extra)
             .env("RUST_LOG", "info")
             .env_remove("KUBECONFIG")
             .stdout(log.try_clone().unwrap())
