@@ -29,25 +29,7 @@ fn portmap_chained_after_weft_reaches_the_pod() {
     let node = Node::new();
     // A client machine on a link to the node.
     let client = Netns::new("wt-c");
-    sh(&[
-        "ip",
-        "link",
-        "add",
-        "wtc0",
-        "netns",
-        &node.ns.name,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &client.name,
-    ]);
-    node.ns.ok(&["ip", "addr", "add", "172.31.250.1/30", "dev", "wtc0"]);
-    node.ns.ok(&["ip", "link", "set", "wtc0", "up"]);
-    client.ok(&["ip", "addr", "add", "172.31.250.2/30", "dev", "eth0"]);
-    client.ok(&["ip", "link", "set", "eth0", "up"]);
+    link(&node.ns, "wtc0", "172.31.250.1/30", &client, "172.31.250.2/30");
 
     // containerd spells the mapping keys in Go's field case; weft accepts it.
     let rc = json!({"portMappings": [{"HostPort": 18080, "ContainerPort": 80, "Protocol": "tcp", "HostIP": ""}]});

@@ -331,26 +331,7 @@ fn ipv6_forwarded_to_a_new_pod_works_at_once() {
     // was held back for 1-2 s after the bridge came up.
     let node = Node::new();
     let router = Netns::new("wt-r");
-    sh(&[
-        "ip",
-        "link",
-        "add",
-        "wtr0",
-        "netns",
-        &node.ns.name,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &router.name,
-    ]);
-    node.ns
-        .ok(&["ip", "addr", "add", "fd00:99::1/64", "dev", "wtr0", "nodad"]);
-    node.ns.ok(&["ip", "link", "set", "wtr0", "up"]);
-    router.ok(&["ip", "addr", "add", "fd00:99::2/64", "dev", "eth0", "nodad"]);
-    router.ok(&["ip", "link", "set", "eth0", "up"]);
+    link(&node.ns, "wtr0", "fd00:99::1/64", &router, "fd00:99::2/64");
     router.ok(&["ip", "-6", "route", "add", "fd00:77::/64", "via", "fd00:99::1"]);
     node.ns.ok(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
 

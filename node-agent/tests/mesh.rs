@@ -34,6 +34,19 @@ fn wait_peers(lab: &Lab, node: &str, want: usize) {
     });
 }
 
+/// `weft-agent cleanup` for `n`, as an operator would run it; its log.
+fn cleanup(n: &NodeH) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &n.ns])
+        .arg(env!("CARGO_BIN_EXE_weft-agent"))
+        .arg("cleanup")
+        .args(n.agent_args())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn log_of(lab: &Lab, node: &str) -> String {
     std::fs::read_to_string(lab.node(node).agent_log()).unwrap_or_default()
 }
@@ -307,20 +320,9 @@ fn cleanup_removes_everything_and_is_idempotent() {
     lab.add_pod("node-1", "solo");
     lab.kill_agent("node-1");
     let n = lab.node("node-1");
-    let run_cleanup = || {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &n.ns])
-            .arg(env!("CARGO_BIN_EXE_weft-agent"))
-            .arg("cleanup")
-            .args(n.agent_args())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
-    let first = run_cleanup();
+    let first = cleanup(n);
     assert!(first.contains("removed"), "{first}");
-    let second = run_cleanup();
+    let second = cleanup(n);
     assert!(second.contains("nothing to clean up"), "{second}");
     assert!(!n.conflist().exists());
     assert!(!n.dir.join("bin/weft").exists());
@@ -355,14 +357,7 @@ fn external_userspace_sidecar_is_adopted_and_never_started() {
     // node-2 becomes a sidecar node: its agent and everything it made go.
     lab.kill_agent("node-2");
     let n = lab.node("node-2");
-    let out = Command::new("ip")
-        .args(["netns", "exec", &n.ns])
-        .arg(env!("CARGO_BIN_EXE_weft-agent"))
-        .arg("cleanup")
-        .args(n.agent_args())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    cleanup(n);
     let (ns, sock_dir, ready) = (n.ns.clone(), n.run_dir().join("wireguard"), n.run_dir().join("ready"));
 
     lab.start_agent_with("node-2", &["--wg-userspace", "external"]);

@@ -161,6 +161,22 @@ impl Drop for Netns {
     }
 }
 
+/// A veth link between two namespaces: `a_if` in `a` with `a_addr`,
+/// `eth0` in `b` with `b_addr` (CIDR notation; IPv6 without DAD), both up.
+pub fn link(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_addr: &str) {
+    sh(&[
+        "ip", "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", "eth0", "netns", &b.name,
+    ]);
+    for (ns, dev, addr) in [(a, a_if, a_addr), (b, "eth0", b_addr)] {
+        let mut args = vec!["ip", "addr", "add", addr, "dev", dev];
+        if addr.contains(':') {
+            args.push("nodad");
+        }
+        ns.ok(&args);
+        ns.ok(&["ip", "link", "set", dev, "up"]);
+    }
+}
+
 pub fn sh(args: &[&str]) -> String {
     let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
     assert!(
