@@ -423,3 +423,37 @@ fn external_userspace_sidecar_is_adopted_and_never_started() {
     let _ = sidecar.kill();
     let _ = sidecar.wait();
 }
+
+/// An API server outage: the Node watch fails and is retried, the failure is
+/// logged and counted, the agents keep running and keep the mesh they have.
+#[test]
+fn unreachable_api_server_keeps_the_mesh() {
+    require_root_and_tools(TOOLS);
+    let mut lab = Lab::new();
+    lab.add_node(1);
+    lab.add_node(2);
+    lab.wait_ready("node-1");
+    lab.wait_ready("node-2");
+    wait_peers(&lab, "node-1", 1);
+    wait_peers(&lab, "node-2", 1);
+    lab.add_pod("node-1", "a");
+    lab.add_pod("node-2", "b");
+    let (a_ns, b4) = (lab.pod("a").ns.clone(), lab.pod("b").v4.to_string());
+    ping(&a_ns, &b4);
+
+    lab.stop_api();
+    let n1 = lab.node("node-1").ns.clone();
+    wait_for("node-1 to count the failed Node watch", Duration::from_secs(30), || {
+        metrics(&n1)
+            .contains("weft_agent_reconcile_errors_total{kind=\"api_watch\"}")
+            .then_some(())
+    });
+    assert!(log_of(&lab, "node-1").contains("watching Nodes failed"));
+    // Several resync passes (every 2 s in the lab) without the API.
+    std::thread::sleep(Duration::from_secs(5));
+    for node in ["node-1", "node-2"] {
+        assert!(lab.agent_running(node), "{node}'s agent survived the outage");
+        assert_eq!(lab.peers(node).len(), 1, "{node} kept its peer");
+    }
+    ping(&a_ns, &b4);
+}

@@ -351,6 +351,20 @@ impl Lab {
         n.agent = Some(child);
     }
 
+    /// Stop the API emulator (an API server outage).
+    pub fn stop_api(&mut self) {
+        if let Some(mut c) = self.api.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether the agent of `name` is still running.
+    pub fn agent_running(&mut self, name: &str) -> bool {
+        let n = self.nodes.get_mut(name).unwrap();
+        n.agent.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
     /// kill -9 the agent of `name`.
     pub fn kill_agent(&mut self, name: &str) {
         if let Some(mut c) = self.nodes.get_mut(name).unwrap().agent.take() {
