@@ -47,6 +47,16 @@ fn cleanup(n: &NodeH) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// A lab with node-1 and node-2, both agents ready.
+fn two_nodes() -> Lab {
+    let mut lab = Lab::new();
+    lab.add_node(1);
+    lab.add_node(2);
+    lab.wait_ready("node-1");
+    lab.wait_ready("node-2");
+    lab
+}
+
 fn log_of(lab: &Lab, node: &str) -> String {
     std::fs::read_to_string(lab.node(node).agent_log()).unwrap_or_default()
 }
@@ -54,12 +64,7 @@ fn log_of(lab: &Lab, node: &str) -> String {
 #[test]
 fn mesh_end_to_end() {
     require_root_and_tools(TOOLS);
-    let mut lab = Lab::new();
-    lab.add_node(1);
-    lab.add_node(2);
-    for n in ["node-1", "node-2"] {
-        lab.wait_ready(n);
-    }
+    let mut lab = two_nodes();
     wait_peers(&lab, "node-1", 1);
     wait_peers(&lab, "node-2", 1);
 
@@ -349,11 +354,7 @@ fn cleanup_removes_everything_and_is_idempotent() {
 #[test]
 fn external_userspace_sidecar_is_adopted_and_never_started() {
     require_root_and_tools(TOOLS);
-    let mut lab = Lab::new();
-    lab.add_node(1);
-    lab.add_node(2);
-    lab.wait_ready("node-1");
-    lab.wait_ready("node-2");
+    let mut lab = two_nodes();
     // node-2 becomes a sidecar node: its agent and everything it made go.
     lab.kill_agent("node-2");
     let n = lab.node("node-2");
@@ -429,11 +430,7 @@ fn external_userspace_sidecar_is_adopted_and_never_started() {
 #[test]
 fn unreachable_api_server_keeps_the_mesh() {
     require_root_and_tools(TOOLS);
-    let mut lab = Lab::new();
-    lab.add_node(1);
-    lab.add_node(2);
-    lab.wait_ready("node-1");
-    lab.wait_ready("node-2");
+    let mut lab = two_nodes();
     wait_peers(&lab, "node-1", 1);
     wait_peers(&lab, "node-2", 1);
     lab.add_pod("node-1", "a");

@@ -128,15 +128,17 @@ impl Node {
         String::from_utf8(run(&mut self.command(&cmd)).stdout).unwrap()
     }
 
-    fn peer_with(&self, other: &Node) {
+    /// `wg set IFACE private-key KEY listen-port PORT`, plus `extra`.
+    fn set_key_and_port(&self, extra: &[&str]) {
         let key = self.dir.join("key");
-        self.wg(&[
-            "set",
-            IFACE,
-            "private-key",
-            key.to_str().unwrap(),
-            "listen-port",
-            &PORT.to_string(),
+        let port = PORT.to_string();
+        let mut args = vec!["set", IFACE, "private-key", key.to_str().unwrap(), "listen-port", &port];
+        args.extend_from_slice(extra);
+        self.wg(&args);
+    }
+
+    fn peer_with(&self, other: &Node) {
+        self.set_key_and_port(&[
             "peer",
             &other.public,
             "endpoint",
@@ -483,15 +485,7 @@ fn a_peer_added_later_completes_its_first_handshake_at_once() {
     a.start(Impl::Weft);
     b.start(Impl::Weft);
     for n in [&a, &b] {
-        let key = n.dir.join("key");
-        n.wg(&[
-            "set",
-            IFACE,
-            "private-key",
-            key.to_str().unwrap(),
-            "listen-port",
-            &PORT.to_string(),
-        ]);
+        n.set_key_and_port(&[]);
     }
     // Let both receive threads block with a configuration without peers.
     std::thread::sleep(Duration::from_millis(500));
