@@ -4,9 +4,9 @@ use std::net::IpAddr;
 
 use weft_cni_types::skel::Request;
 use weft_cni_types::{CniError, CniResult};
+use weft_netlink::Handle;
 
 use crate::config::Plan;
-use crate::nl::Nl;
 use crate::{addrs, names, netns, Error};
 
 pub async fn check(plan: &Plan, req: &Request) -> Result<(), Error> {
@@ -29,7 +29,7 @@ pub async fn check(plan: &Plan, req: &Request) -> Result<(), Error> {
     let fail = |m: String| Err(Error::Check(m));
 
     // The pod side.
-    let pod = Nl::in_netns(&ns).map_err(Error::netlink("open netlink socket in container netns"))?;
+    let pod = Handle::in_netns(&ns).map_err(Error::netlink("open netlink socket in container netns"))?;
     let Some(link) = pod
         .link(ifname)
         .await
@@ -86,7 +86,7 @@ pub async fn check(plan: &Plan, req: &Request) -> Result<(), Error> {
     }
 
     // The host side.
-    let host = Nl::here().map_err(Error::netlink("open netlink socket"))?;
+    let host = Handle::here().map_err(Error::netlink("open netlink socket"))?;
     let veth = names::host_veth(key);
     let Some(bridge) = host
         .link(plan.bridge.as_str())

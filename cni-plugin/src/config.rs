@@ -4,95 +4,14 @@
 
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use weft_cni_types::{parse_config, CniError, Dns, IfName, Version};
 use weft_ipam::{Ipam, IpamConf};
 
-pub const DEFAULT_BRIDGE: &str = "weft0";
-pub const DEFAULT_MTU: u32 = 1500;
-pub const DEFAULT_LOG_FILE: &str = "/var/log/weft/cni.log";
-pub const DEFAULT_READINESS_FILE: &str = "/run/weft/ready";
-pub const IN_PROCESS_IPAM: &str = "weft-ipam";
-
-/// The weft plugin's network configuration, as it appears in a conflist.
-///
-/// ```json
-/// {"type":"weft","bridge":"weft0","mtu":1420,"hairpinMode":true,
-///  "logFile":"/var/log/weft/cni.log","readinessFile":"/run/weft/ready",
-///  "ipam":{"type":"weft-ipam","ranges":[[{"subnet":"10.244.1.0/24"}]],
-///          "routes":[{"dst":"0.0.0.0/0"}],"dataDir":"/var/lib/weft/ipam"}}
-/// ```
-/// Every field but `ipam.ranges` has a default. Unknown fields are ignored.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct WeftConf {
-    #[serde(rename = "cniVersion", default, skip_serializing_if = "String::is_empty")]
-    pub cni_version: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub name: String,
-    #[serde(rename = "type", default)]
-    pub plugin_type: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bridge: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mtu: Option<u32>,
-    #[serde(rename = "hairpinMode", default, skip_serializing_if = "Option::is_none")]
-    pub hairpin_mode: Option<bool>,
-    #[serde(rename = "logFile", default, skip_serializing_if = "Option::is_none")]
-    pub log_file: Option<PathBuf>,
-    /// STATUS reports "not ready" (code 50) until this file exists.
-    #[serde(rename = "readinessFile", default, skip_serializing_if = "Option::is_none")]
-    pub readiness_file: Option<PathBuf>,
-    #[serde(default)]
-    pub ipam: Value,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dns: Option<Dns>,
-    #[serde(rename = "runtimeConfig", default, skip_serializing_if = "Option::is_none")]
-    pub runtime_config: Option<RuntimeConfig>,
-    /// Capabilities weft declares in the conflist (portMappings, ips, bandwidth
-    /// are passed through runtimeConfig to the chained plugins).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capabilities: Option<Value>,
-}
-
-/// What the runtime passes for the capabilities weft accepts.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct RuntimeConfig {
-    #[serde(rename = "portMappings", default)]
-    pub port_mappings: Vec<PortMapping>,
-    #[serde(default)]
-    pub bandwidth: Option<Bandwidth>,
-    #[serde(default)]
-    pub ips: Vec<String>,
-}
-
-/// A hostPort mapping. podman sends `hostPort`, containerd's CRI `HostPort`:
-/// both spellings are accepted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortMapping {
-    #[serde(rename = "hostPort", alias = "HostPort")]
-    pub host_port: u16,
-    #[serde(rename = "containerPort", alias = "ContainerPort")]
-    pub container_port: u16,
-    #[serde(default, alias = "Protocol")]
-    pub protocol: Option<String>,
-    #[serde(rename = "hostIP", alias = "HostIP", alias = "HostIp", alias = "hostIp", default)]
-    pub host_ip: Option<String>,
-}
-
-/// The `bandwidth` capability (bits per second, burst in bits); the chained
-/// `bandwidth` plugin enforces it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Bandwidth {
-    #[serde(rename = "ingressRate", alias = "IngressRate", default)]
-    pub ingress_rate: Option<u64>,
-    #[serde(rename = "ingressBurst", alias = "IngressBurst", default)]
-    pub ingress_burst: Option<u64>,
-    #[serde(rename = "egressRate", alias = "EgressRate", default)]
-    pub egress_rate: Option<u64>,
-    #[serde(rename = "egressBurst", alias = "EgressBurst", default)]
-    pub egress_burst: Option<u64>,
-}
+pub use weft_cni_types::weftconf::{
+    Bandwidth, PortMapping, RuntimeConfig, WeftConf, DEFAULT_BRIDGE, DEFAULT_LOG_FILE, DEFAULT_MTU,
+    DEFAULT_READINESS_FILE, IN_PROCESS_IPAM,
+};
 
 /// How addresses are obtained.
 pub enum IpamMode {
@@ -116,31 +35,30 @@ pub struct Plan {
     pub port_mappings: Vec<PortMapping>,
 }
 
-impl WeftConf {
-    pub fn parse(stdin: &[u8]) -> Result<Self, CniError> {
-        parse_config(stdin)
-    }
-
-    /// Validate every field; the errors are code 7 and name the field.
-    pub fn plan(&self, version: Version) -> Result<Plan, CniError> {
+impl Plan {
+    /// Validate every field of `conf`; the errors are code 7 and name the field.
+    pub fn new(conf: &WeftConf, version: Version) -> Result<Self, CniError> {
         let bad = |field: &str, msg: String| {
             CniError::invalid_config(format!("invalid network config: field {field}: {msg}"))
         };
-        let bridge = IfName::new(self.bridge.as_deref().unwrap_or(DEFAULT_BRIDGE)).map_err(|e| bad("bridge", e))?;
-        let mtu = self.mtu.unwrap_or(DEFAULT_MTU);
+        let bridge = IfName::new(conf.bridge.as_deref().unwrap_or(DEFAULT_BRIDGE)).map_err(|e| bad("bridge", e))?;
+        let mtu = conf.mtu.unwrap_or(DEFAULT_MTU);
         if !(68..=65535).contains(&mtu) {
             return Err(bad("mtu", format!("{mtu} is outside 68..65535")));
         }
-        let ipam_type = self.ipam.get("type").and_then(Value::as_str).unwrap_or_default();
+        let ipam_type = conf.ipam.get("type").and_then(Value::as_str).unwrap_or_default();
         let ipam = match ipam_type {
             "" => return Err(bad("ipam.type", "is required".into())),
             IN_PROCESS_IPAM => {
-                let conf: IpamConf = parse_config(self.ipam.to_string().as_bytes()).map_err(|e| {
+                let ipam_conf: IpamConf = parse_config(conf.ipam.to_string().as_bytes()).map_err(|e| {
                     // Re-root the path the parser names under `ipam.`.
                     CniError::new(e.code, e.msg.replacen("field ", "field ipam.", 1))
                 })?;
-                let plan = conf.plan()?;
-                IpamMode::InProcess(Ipam::new(plan, &self.name)?)
+                let plan = ipam_conf.plan()?;
+                if plan.sets.iter().any(|s| !s.is_ipv4()) {
+                    check_ipv6_mtu(mtu)?;
+                }
+                IpamMode::InProcess(Ipam::new(plan, &conf.name)?)
             }
             other => {
                 if other.contains('/') {
@@ -151,7 +69,7 @@ impl WeftConf {
                 }
             }
         };
-        let port_mappings = self
+        let port_mappings = conf
             .runtime_config
             .as_ref()
             .map(|r| r.port_mappings.clone())
@@ -173,22 +91,39 @@ impl WeftConf {
             }
         }
         Ok(Plan {
-            network: self.name.clone(),
+            network: conf.name.clone(),
             version,
             bridge,
             mtu,
-            hairpin: self.hairpin_mode.unwrap_or(true),
-            log_file: self.log_file.clone().unwrap_or_else(|| DEFAULT_LOG_FILE.into()),
-            readiness_file: self
+            hairpin: conf.hairpin_mode.unwrap_or(true),
+            log_file: conf.log_file.clone().unwrap_or_else(|| DEFAULT_LOG_FILE.into()),
+            readiness_file: conf
                 .readiness_file
                 .clone()
                 .unwrap_or_else(|| DEFAULT_READINESS_FILE.into()),
             ipam,
-            dns: self.dns.clone().unwrap_or_default(),
+            dns: conf.dns.clone().unwrap_or_default(),
             port_mappings,
         })
     }
 }
+
+/// IPv6 needs links of at least 1280 bytes: below that the kernel turns
+/// IPv6 off on the link and removes its addresses, and a bridge follows its
+/// smallest port, so one such pod would strip the shared bridge of its IPv6
+/// gateway. Checked before the first change (for a delegated IPAM plugin,
+/// once its addresses are known).
+pub fn check_ipv6_mtu(mtu: u32) -> Result<(), CniError> {
+    if mtu < MIN_IPV6_MTU {
+        return Err(CniError::invalid_config(format!(
+            "invalid network config: field mtu: {mtu} is below {MIN_IPV6_MTU}, the minimum for IPv6, and the network has IPv6 addresses"
+        )));
+    }
+    Ok(())
+}
+
+/// The smallest MTU IPv6 works with (RFC 8200).
+pub const MIN_IPV6_MTU: u32 = 1280;
 
 #[cfg(test)]
 mod tests {
@@ -196,7 +131,7 @@ mod tests {
     use serde_json::json;
 
     fn parse(v: Value) -> Result<Plan, CniError> {
-        WeftConf::parse(v.to_string().as_bytes())?.plan(Version::V1_1_0)
+        Plan::new(&WeftConf::parse(v.to_string().as_bytes())?, Version::V1_1_0)
     }
 
     fn base() -> Value {
@@ -255,6 +190,33 @@ mod tests {
             assert_eq!(e.code, 7, "{ptr}={val}: {e}");
             assert!(e.msg.contains(want), "{ptr}={val}: {}", e.msg);
         }
+    }
+
+    #[test]
+    fn mtu_below_1280_is_refused_only_with_ipv6() {
+        let mut v = base();
+        v["mtu"] = json!(1279);
+        assert_eq!(parse(v.clone()).unwrap().mtu, 1279, "IPv4 only: fine");
+        v["ipam"]["ranges"] = json!([[{"subnet":"10.244.1.0/24"}],[{"subnet":"fd00::/64"}]]);
+        let e = parse(v.clone()).err().expect("1279 with IPv6 accepted");
+        assert_eq!(e.code, 7);
+        assert!(e.msg.contains("field mtu") && e.msg.contains("1280"), "{}", e.msg);
+        v["mtu"] = json!(1280);
+        assert_eq!(parse(v).unwrap().mtu, 1280);
+    }
+
+    #[test]
+    fn a_relative_data_dir_and_a_zero_prefix_name_their_field() {
+        let mut v = base();
+        v["ipam"]["dataDir"] = json!("relative/dir");
+        let e = parse(v).err().unwrap();
+        assert_eq!(e.code, 7);
+        assert!(e.msg.contains("ipam.dataDir"), "{}", e.msg);
+        let mut v = base();
+        v["ipam"]["ranges"] = json!([[{"subnet":"0.0.0.0/0"}]]);
+        let e = parse(v).err().unwrap();
+        assert_eq!(e.code, 7);
+        assert!(e.msg.contains("ipam.ranges[0][0]"), "{}", e.msg);
     }
 
     #[test]

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 
 use weft_cni_types::{code, CniError};
 use weft_ipam::IpamError;
-
-use crate::nl::NlError;
+use weft_netlink::Error as NlError;
 
 /// weft's own CNI error code (the spec leaves 100 and up to plugins): CHECK
 /// found the attachment different from what ADD made.

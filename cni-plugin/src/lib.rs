@@ -3,8 +3,9 @@
 //! verb of spec 1.1.0 (ADD, DEL, CHECK, VERSION, STATUS, GC).
 //!
 //! Pure parts ([`config`], [`names`]) are tested without root; the effects
-//! live in [`nl`] (netlink), [`netns`], [`sysctl`] and the IPAM glue in
-//! [`addrs`].
+//! are netlink (the `weft_netlink` crate), [`netns`], [`sysctl`] and the
+//! IPAM glue in [`addrs`]. [`nl`] only forwards to `weft_netlink` for
+//! weft-agent until it uses that crate itself.
 #![forbid(unsafe_code)]
 
 pub mod add;
@@ -19,6 +20,7 @@ pub mod nl;
 pub mod sysctl;
 pub mod teardown;
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde_json::Value;
@@ -31,14 +33,28 @@ pub use error::Error;
 /// Handle one CNI request (what `weft` does between reading stdin and
 /// printing its answer).
 pub fn handle(req: &Request) -> Result<Option<Value>, CniError> {
-    let conf = WeftConf::parse(&req.stdin)?;
-    let plan = conf.plan(req.version)?;
     let inv = &req.invocation;
     let who = inv.attachment.as_ref().map(ToString::to_string).unwrap_or_default();
-    let log = log::Log::open(&plan.log_file, format!("{} {who}", inv.command.as_str()));
+    let prefix = format!("{} {who}", inv.command.as_str());
+    let plan = match WeftConf::parse(&req.stdin).and_then(|c| Plan::new(&c, req.version)) {
+        Ok(plan) => plan,
+        Err(e) => {
+            // Logged where the config says, if that much of it is readable.
+            let file = req
+                .config
+                .get("logFile")
+                .and_then(Value::as_str)
+                .filter(|p| Path::new(p).is_absolute())
+                .map_or_else(|| PathBuf::from(config::DEFAULT_LOG_FILE), PathBuf::from);
+            log::Log::open(&file, prefix).error(format!("refused: code {}: {}", e.code, e.msg));
+            return Err(e);
+        }
+    };
+    let log = log::Log::open(&plan.log_file, prefix);
     let started = Instant::now();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time()
         .build()
         .map_err(|e| CniError::io(format!("start runtime: {e}")))?;
     let out: Result<Option<Value>, Error> = rt.block_on(async {

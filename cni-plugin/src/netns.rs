@@ -9,25 +9,25 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use nix::sched::{setns, CloneFlags};
+/// The netns weft itself runs in (the node's). weft's main thread never
+/// leaves it, and `/proc/self` is the main thread.
+pub const OWN: &str = "/proc/self/ns/net";
 
 /// Open a netns file such as `/var/run/netns/pod1` or `/proc/PID/ns/net`.
 pub fn open(path: &Path) -> io::Result<File> {
     File::open(path)
 }
 
-/// Run `f` on a fresh thread that has entered `ns`; return its result.
-pub fn run_in<T: Send>(ns: &File, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // setns(2) with CLONE_NEWNET changes only the calling thread.
-            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-            f()
-        })
-        .join()
-        .map_err(|_| io::Error::other("netns thread panicked"))?
-    })
+/// Whether `ns` is the netns weft runs in: the same nsfs inode (device and
+/// inode number), whether it was named `/proc/self/ns/net`, `/proc/1/ns/net`
+/// or a bind mount of either under `/var/run/netns`.
+pub fn is_own(ns: &File) -> io::Result<bool> {
+    let (a, b) = (ns.metadata()?, std::fs::metadata(OWN)?);
+    Ok((a.dev(), a.ino()) == (b.dev(), b.ino()))
 }
+
+/// Run `f` on a fresh thread that has entered `ns`; return its result.
+pub use weft_netlink::netns::run_in;

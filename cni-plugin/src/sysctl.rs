@@ -41,3 +41,24 @@ pub fn no_dad(dev: &str) -> io::Result<()> {
         other => other,
     }
 }
+
+/// `sysctl net.ipv4.conf.DEV.arp_notify=1` (and, with `v6`,
+/// `net.ipv6.conf.DEV.ndisc_notify=1`), in the netns of the calling thread.
+///
+/// When DEV comes up or its MAC address is set, the kernel then sends a
+/// gratuitous ARP for each IPv4 address and an unsolicited neighbour
+/// advertisement (override flag set) for each IPv6 address, so the node and
+/// other pods that cached another MAC for a reused address (a re-created
+/// pod, a requested IP) update the entry at once instead of after their
+/// cache times out (tens of seconds). The same messages the reference
+/// `bridge` plugin sends itself.
+pub fn announce(dev: &str, v6: bool) -> io::Result<()> {
+    ensure(&Path::new("/proc/sys/net/ipv4/conf").join(dev).join("arp_notify"), "1")?;
+    if v6 {
+        ensure(
+            &Path::new("/proc/sys/net/ipv6/conf").join(dev).join("ndisc_notify"),
+            "1",
+        )?;
+    }
+    Ok(())
+}

@@ -4,7 +4,7 @@
 //!
 //! This crate is pure: it parses and renders, it never touches the kernel.
 //! Both `weft` and `weft-ipam` use it, and so does the agent for the conflist
-//! it writes.
+//! it writes ([`weftconf::WeftConf`]).
 #![forbid(unsafe_code)]
 
 pub mod error;
@@ -13,6 +13,7 @@ pub mod netconf;
 pub mod result;
 pub mod skel;
 pub mod version;
+pub mod weftconf;
 
 pub use error::{code, CniError};
 pub use invocation::{AttachmentKey, Command, ContainerId, IfName, Invocation};

@@ -67,8 +67,21 @@ pub fn dispatch(
         };
     }
     let config = match config {
-        Ok(Value::Null) => return fail(CniError::new(crate::code::DECODE, "no network config on stdin")),
-        Ok(c) => c,
+        Ok(c @ Value::Object(_)) => c,
+        Ok(Value::Null) if stdin.iter().all(u8::is_ascii_whitespace) => {
+            return fail(CniError::new(crate::code::DECODE, "no network config on stdin"))
+        }
+        // JSON, but not a config at all: a decoding error (6), not an
+        // invalid field (7).
+        Ok(other) => {
+            return fail(CniError::new(
+                crate::code::DECODE,
+                format!(
+                    "cannot decode network config: it is a JSON {}, not an object",
+                    json_kind(&other)
+                ),
+            ))
+        }
         Err(e) => return fail(e),
     };
     let version = match asked {
@@ -98,6 +111,17 @@ pub fn dispatch(
             stdout: out.map(|v| v.to_string()).unwrap_or_default(),
         },
         Err(e) => fail(e),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
     }
 }
 
@@ -173,6 +197,23 @@ mod tests {
         assert_eq!(serde_json::from_str::<Value>(&out.stdout).unwrap()["code"], 6);
         let out = dispatch(env("ADD"), b"{}".to_vec(), |_| panic!("not called"));
         assert_eq!(serde_json::from_str::<Value>(&out.stdout).unwrap()["code"], 7);
+    }
+
+    #[test]
+    fn a_json_value_that_is_not_an_object_is_code_6() {
+        for stdin in [
+            &b"[]"[..],
+            b"[{\"cniVersion\":\"1.1.0\"}]",
+            b"null",
+            b"\"text\"",
+            b"7",
+            b"true",
+        ] {
+            let out = dispatch(env("ADD"), stdin.to_vec(), |_| panic!("not called"));
+            let v: Value = serde_json::from_str(&out.stdout).unwrap();
+            assert_eq!(v["code"], 6, "{}: {v}", String::from_utf8_lossy(stdin));
+            assert_eq!(out.exit_code, 1);
+        }
     }
 
     #[test]

@@ -126,10 +126,18 @@ impl IpamConf {
                 }
             }
         }
+        let data_dir = self.data_dir.clone().unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        if !data_dir.is_absolute() {
+            // A plugin's working directory is whatever the runtime's is.
+            return Err(IpamError::config(
+                "ipam.dataDir",
+                format!("{:?} is not an absolute path", data_dir.display().to_string()),
+            ));
+        }
         Ok(IpamPlan {
             sets,
             routes: self.routes.clone(),
-            data_dir: self.data_dir.clone().unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            data_dir,
             reclaim_on_reboot: self.reclaim_on_reboot.unwrap_or(true),
             boot_id_file: self.boot_id_file.clone().unwrap_or_else(|| DEFAULT_BOOT_ID_FILE.into()),
         })
@@ -193,5 +201,34 @@ mod tests {
             let msg = e.to_string();
             assert!(msg.starts_with(field), "{v}: {msg}");
         }
+    }
+
+    #[test]
+    fn a_zero_prefix_subnet_is_refused_naming_the_field() {
+        for subnet in ["0.0.0.0/0", "::/0"] {
+            let e = conf(serde_json::json!({"ranges":[[{"subnet":subnet}]]}))
+                .plan()
+                .unwrap_err();
+            assert_eq!(e.cni_code(), 7, "{subnet}");
+            let msg = e.to_string();
+            assert!(msg.starts_with("ipam.ranges[0][0]") && msg.contains(subnet), "{msg}");
+        }
+        let e = conf(serde_json::json!({"subnet":"0.0.0.0/0"})).plan().unwrap_err();
+        assert!(e.to_string().starts_with("ipam.ranges[0][0]"), "{e}");
+    }
+
+    #[test]
+    fn a_relative_data_dir_is_refused() {
+        for dir in ["var/lib/weft", "./ipam", ""] {
+            let e = conf(serde_json::json!({"ranges":[[{"subnet":"10.0.0.0/24"}]],"dataDir":dir}))
+                .plan()
+                .unwrap_err();
+            assert_eq!(e.cni_code(), 7, "{dir:?}");
+            assert!(e.to_string().starts_with("ipam.dataDir"), "{dir:?}: {e}");
+        }
+        let p = conf(serde_json::json!({"ranges":[[{"subnet":"10.0.0.0/24"}]],"dataDir":"/run/x"}))
+            .plan()
+            .unwrap();
+        assert_eq!(p.data_dir, PathBuf::from("/run/x"));
     }
 }

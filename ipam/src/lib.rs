@@ -154,6 +154,14 @@ impl Ipam {
         Ok((locked, boot))
     }
 
+    /// Look at the state under the lock without writing it back: reads
+    /// (CHECK, STATUS) leave the file as it is, even when a reboot made it
+    /// stale (the next change rewrites it).
+    fn read<T>(&self, f: impl FnOnce(&store::State) -> T) -> Result<T, IpamError> {
+        let (locked, _) = self.open()?;
+        Ok(f(&locked.state))
+    }
+
     fn allocated(&self, ip: IpAddr) -> Option<Allocated> {
         let range = self.plan.sets.iter().find_map(|s| s.range_of(ip))?;
         Some(Allocated {
@@ -259,16 +267,13 @@ impl Ipam {
 
     /// The addresses `key` holds (CHECK).
     pub fn held(&self, key: &AttachmentKey) -> Result<Vec<IpAddr>, IpamError> {
-        let (locked, _) = self.open()?;
-        let held = locked
-            .state
-            .allocations
-            .iter()
-            .filter(|a| a.container_id == key.container_id.as_str() && a.ifname == key.ifname.as_str())
-            .map(|a| a.ip)
-            .collect();
-        locked.commit()?;
-        Ok(held)
+        self.read(|st| {
+            st.allocations
+                .iter()
+                .filter(|a| a.container_id == key.container_id.as_str() && a.ifname == key.ifname.as_str())
+                .map(|a| a.ip)
+                .collect()
+        })
     }
 
     /// Release every allocation whose attachment is not in `valid` (GC).
@@ -290,27 +295,22 @@ impl Ipam {
     /// Every current allocation (after boot reclaim), for GC of host-side
     /// leftovers and for tests.
     pub fn allocations(&self) -> Result<Vec<Allocation>, IpamError> {
-        let (locked, _) = self.open()?;
-        let all = locked.state.allocations.clone();
-        locked.commit()?;
-        Ok(all)
+        self.read(|st| st.allocations.clone())
     }
 
     /// The range sets that have no address left (STATUS).
     pub fn full_sets(&self) -> Result<Vec<String>, IpamError> {
-        let (locked, _) = self.open()?;
-        let full = self
-            .plan
-            .sets
-            .iter()
-            .filter(|set| {
-                let used = locked.state.allocations.iter().filter(|a| set.contains(a.ip)).count() as u128;
-                used >= set.usable()
-            })
-            .map(|s| s.describe())
-            .collect();
-        locked.commit()?;
-        Ok(full)
+        self.read(|st| {
+            self.plan
+                .sets
+                .iter()
+                .filter(|set| {
+                    let used = st.allocations.iter().filter(|a| set.contains(a.ip)).count() as u128;
+                    used >= set.usable()
+                })
+                .map(|s| s.describe())
+                .collect()
+        })
     }
 
     /// The IPAM part of a CNI result: ips with gateways, and the routes.
@@ -374,8 +374,12 @@ pub fn requested_ips(config: &Value, cni_args_ip: Option<&str>) -> Result<Vec<Ip
 /// `cni.dev/valid-attachments` of a GC request, as (container ID, ifname).
 pub fn valid_attachments(config: &Value) -> Result<HashSet<(String, String)>, CniError> {
     let field = "cni.dev/valid-attachments";
+    // The spec makes the list required for GC: without it nothing is known
+    // to be valid, which is not the same as "none is valid".
     let Some(list) = config.get(field) else {
-        return Ok(HashSet::new());
+        return Err(CniError::invalid_config(format!(
+            "invalid network config: GC needs {field} (a list of the attachments to keep)"
+        )));
     };
     let arr = list
         .as_array()

@@ -42,6 +42,11 @@ impl Range {
         let net = to_u128(subnet.network());
         let bits = if v4 { 32 } else { 128 };
         let host_bits = bits - subnet.prefix() as u32;
+        if subnet.prefix() == 0 {
+            // Every address: its gateway would claim the whole address
+            // space on the bridge (the node's default route included).
+            return Err(format!("subnet {subnet} is every address; give the node's pod CIDR"));
+        }
         if host_bits < 2 {
             return Err(format!("subnet {subnet} has no room for a gateway and a pod"));
         }

@@ -282,3 +282,37 @@ fn valid_attachments_parsing() {
     let bad = serde_json::json!({"cni.dev/valid-attachments": [{"containerID": 1}]});
     assert_eq!(valid_attachments(&bad).unwrap_err().code, 7);
 }
+
+#[test]
+fn gc_without_valid_attachments_is_invalid_config() {
+    // The spec makes the list required; its absence is never "none valid".
+    let e = valid_attachments(&serde_json::json!({"cniVersion": "1.1.0"})).unwrap_err();
+    assert_eq!(e.code, 7);
+    assert!(e.msg.contains("cni.dev/valid-attachments"), "{}", e.msg);
+    let empty = valid_attachments(&serde_json::json!({"cni.dev/valid-attachments": []})).unwrap();
+    assert!(empty.is_empty(), "an empty list is valid: nothing is kept");
+}
+
+#[test]
+fn read_only_calls_never_write_the_state() {
+    let env = Env::new();
+    let ipam = env.ipam(small());
+    let dir = ipam.state_dir().to_path_buf();
+    // Nothing allocated yet: no state file appears.
+    assert!(ipam.full_sets().unwrap().is_empty());
+    assert!(ipam.held(&key("x")).unwrap().is_empty());
+    assert!(ipam.allocations().unwrap().is_empty());
+    assert!(store::state_files(&dir).unwrap().is_empty());
+    ipam.allocate(&key("a"), &[]).unwrap();
+    let files = store::state_files(&dir).unwrap();
+    let before = fs::metadata(&files[0]).unwrap();
+    // A new boot: the reads see nothing held, and leave the old file alone.
+    env.boot("boot-b\n");
+    assert!(ipam.full_sets().unwrap().is_empty());
+    assert!(ipam.held(&key("a")).unwrap().is_empty());
+    assert!(ipam.allocations().unwrap().is_empty());
+    assert_eq!(store::state_files(&dir).unwrap(), files);
+    use std::os::unix::fs::MetadataExt;
+    let after = fs::metadata(&files[0]).unwrap();
+    assert_eq!((after.ino(), after.mtime_nsec()), (before.ino(), before.mtime_nsec()));
+}

@@ -273,8 +273,11 @@ impl Node {
             .find(|p| p.is_file())
             .unwrap_or_else(|| panic!("plugin {plugin} not found in {path}"));
         let mut c = Command::new("ip");
+        // The node's temp dir as working directory: a relative path in a
+        // config under test can never land in the source tree.
         c.args(["netns", "exec", &self.ns.name])
             .arg(&exe)
+            .current_dir(&self.dir)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("CNI_COMMAND", cmd)
