@@ -1,5 +1,5 @@
 //! Throughput benchmark (ignored by default; run by `node-agent/bench/overlay.sh`):
-//! iperf3 between two nodes, in the same run, over
+//! iperf3 between two nodes of a `weft_tests::lab` lab, in the same run, over
 //!   1. the plain underlay (node → node, veth + bridge),
 //!   2. weft's overlay (pod on node-1 → pod on node-2 through `weft-wg`),
 //!   3. a hand-configured `wireguard-go` tunnel between the same two node
@@ -7,14 +7,15 @@
 //!
 //! with 1 and 2 parallel streams. Prints a Markdown table.
 
-mod common;
+mod support;
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
 use serde_json::Value;
+use support::*;
+use weft_tests::lab::{Lab, PodSpec};
 
 const SECONDS: &str = "10";
 
@@ -27,7 +28,7 @@ fn iperf(client_ns: &str, server_ns: &str, dst: &str, streams: u32, port: u16) -
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let out = ns_sh(
+    let out = sh_in(
         client_ns,
         &[
             "iperf3",
@@ -67,19 +68,19 @@ fn manual_wireguard(lab: &Lab) {
         })
         .collect();
     for (i, name) in ["node-1", "node-2"].iter().enumerate() {
-        let n = lab.node(name);
+        let n = node(lab, name);
         let iface = format!("wgbench{}", i + 1);
-        let other = &lab.node(["node-2", "node-1"][i]);
+        let other = node(lab, ["node-2", "node-1"][i]);
         let st = Command::new("ip")
-            .args(["netns", "exec", &n.ns, "wireguard-go", &iface])
+            .args(["netns", "exec", &n.netns, "wireguard-go", &iface])
             .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
             .status()
             .unwrap();
         assert!(st.success(), "wireguard-go {iface}");
         let keyfile = lab.dir.join(format!("{iface}.key"));
         std::fs::write(&keyfile, &keys[i].0).unwrap();
-        ns_sh(
-            &n.ns,
+        sh_in(
+            &n.netns,
             &[
                 "wg",
                 "set",
@@ -91,16 +92,16 @@ fn manual_wireguard(lab: &Lab) {
                 "peer",
                 &keys[1 - i].1,
                 "endpoint",
-                &format!("{}:51821", other.ip),
+                &format!("{}:51821", other.internal_ipv4),
                 "allowed-ips",
                 &format!("10.99.0.{}/32", 2 - i),
             ],
         );
-        ns_sh(
-            &n.ns,
+        sh_in(
+            &n.netns,
             &["ip", "addr", "add", &format!("10.99.0.{}/24", i + 1), "dev", &iface],
         );
-        ns_sh(&n.ns, &["ip", "link", "set", &iface, "mtu", "1440", "up"]);
+        sh_in(&n.netns, &["ip", "link", "set", &iface, "mtu", "1440", "up"]);
     }
 }
 
@@ -108,27 +109,24 @@ fn manual_wireguard(lab: &Lab) {
 #[ignore = "benchmark: run node-agent/bench/overlay.sh"]
 fn overlay_throughput() {
     require_root_and_tools(&["ip", "nft", "wireguard-go", "wg", "iperf3", "setsid", "unshare"]);
-    let mut lab = Lab::new();
-    lab.add_node(1);
-    lab.add_node(2);
-    lab.wait_ready("node-1");
-    lab.wait_ready("node-2");
-    wait_for("peers", Duration::from_secs(30), || {
-        (lab.peers("node-1").len() == 1).then_some(())
-    });
-    lab.add_pod("node-1", "a");
-    lab.add_pod("node-2", "b");
+    let lab = mesh_lab("mbench", 2);
+    wait_peers(&lab, "node-1", 1);
+    for (node, name) in [("node-1", "a"), ("node-2", "b")] {
+        lab.add_pod(&PodSpec::new(node, name)).unwrap();
+    }
     manual_wireguard(&lab);
-    let (a, b) = (lab.pod("a").ns.clone(), lab.pod("b").ns.clone());
-    let b4 = lab.pod("b").v4.to_string();
-    let (n1, n2) = (lab.node("node-1").ns.clone(), lab.node("node-2").ns.clone());
-    ping(&a, &b4);
-    ping(&n1, "10.99.0.2");
+    let (a, _) = pod(&lab, "a", false);
+    let (b, b4) = pod(&lab, "b", false);
+    let b4 = b4.to_string();
+    let (n1, n2) = (node(&lab, "node-1"), node(&lab, "node-2"));
+    ping(&a, b4.parse().unwrap());
+    ping(&n1.netns, "10.99.0.2".parse().unwrap());
+    let underlay_dst = n2.internal_ipv4.to_string();
     let mut rows = Vec::new();
     for streams in [1, 2] {
-        let underlay = iperf(&n1, &n2, "172.31.0.12", streams, 5201);
+        let underlay = iperf(&n1.netns, &n2.netns, &underlay_dst, streams, 5201);
         let weft = iperf(&a, &b, &b4, streams, 5202);
-        let manual = iperf(&n1, &n2, "10.99.0.2", streams, 5203);
+        let manual = iperf(&n1.netns, &n2.netns, "10.99.0.2", streams, 5203);
         rows.push(format!(
             "| {streams} | {underlay:.2} | {weft:.2} | {manual:.2} | {:.2}x |",
             weft / manual
@@ -147,7 +145,7 @@ fn overlay_throughput() {
             .args([
                 "netns",
                 "exec",
-                &lab.node(&format!("node-{i}")).ns,
+                &node(&lab, &format!("node-{i}")).netns,
                 "ip",
                 "link",
                 "del",

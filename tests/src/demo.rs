@@ -222,6 +222,10 @@ mod tests {
             internal_ipv6: "fd00::1".parse().unwrap(),
             pod_cidrs: vec![],
             dir: Default::default(),
+            lab_agent: true,
+            agent_stopped: false,
+            agent_extra_args: vec![],
+            agent_restarts: 0,
         };
         let pod = |name: &str, node: u8, last: u8| PodState {
             name: name.into(),

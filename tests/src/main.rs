@@ -36,6 +36,12 @@ enum Cmd {
     /// Add or delete pods.
     #[command(subcommand)]
     Pod(PodCmd),
+    /// Add or delete nodes, or stop, start and kill their agents.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Stop or (re)start the lab's API emulator (an API server outage or restart).
+    #[command(subcommand)]
+    Api(ApiCmd),
     /// Run a command inside a pod's network namespace.
     Exec {
         pod: String,
@@ -67,7 +73,8 @@ enum Cmd {
         /// IP:PORT or NETNS@IP:PORT (bound inside that named netns); repeatable.
         #[arg(long, required = true)]
         listen: Vec<ListenSpec>,
-        /// Directory for listening.json (the bound addresses).
+        /// Directory for listening.json (the bound addresses) and the saved
+        /// objects: a restart on the same directory keeps objects and versions.
         #[arg(long)]
         state: Option<PathBuf>,
         /// Changes kept for watches to resume from; older versions get 410.
@@ -76,6 +83,9 @@ enum Cmd {
         #[arg(long)]
         log_requests: bool,
     },
+    /// The agent supervisor `up` starts: restarts dead agents with a back-off.
+    #[command(hide = true)]
+    Supervise,
     /// The in-pod server: HTTP and UDP echo answering with the peer address.
     #[command(hide = true)]
     Serve {
@@ -100,6 +110,48 @@ struct UpArgs {
     /// No weft-agent on the nodes (the lab writes each node's conflist).
     #[arg(long)]
     no_agent: bool,
+    /// Do not restart an agent that died (by default a supervisor does, as
+    /// kubelet restarts a crashed container).
+    #[arg(long)]
+    no_restart: bool,
+    /// Nodes (node-N) that get no agent from the lab, for one run by hand; repeatable.
+    #[arg(long, value_delimiter = ',')]
+    no_agent_on: Vec<String>,
+    /// An extra flag for every agent, e.g. --agent-arg=--resync-seconds=2; repeatable.
+    #[arg(long, allow_hyphen_values = true)]
+    agent_arg: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Add node N (or node-N; default: the lowest free index): netns on the
+    /// switch, Node object, directories, and its agent, waited for until ready.
+    Add { node: Option<String> },
+    /// Stop the node's agent, delete its pods, Node object, netns and directories.
+    Del { node: String },
+    /// Stop the node's agent on purpose (SIGTERM); the supervisor leaves it stopped.
+    Stop { node: String },
+    /// Start the node's agent (again) with the lab's flags.
+    Start { node: String },
+    /// SIGKILL the node's agent, as a crash; the supervisor restarts it.
+    Kill { node: String },
+}
+
+#[derive(Subcommand)]
+enum ApiCmd {
+    /// Stop the emulator.
+    Stop,
+    /// Start it again on the same addresses, with the objects it saved.
+    Start {
+        /// Start with no objects and versions from 1 again (a lost etcd).
+        #[arg(long)]
+        empty: bool,
+    },
+    /// Stop, then start.
+    Restart {
+        #[arg(long)]
+        empty: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -144,6 +196,68 @@ fn config(cli: &Cli, nodes: u8, bin_dir: Option<PathBuf>, no_agent: bool) -> Res
     Ok(c)
 }
 
+fn up_config(cli: &Cli, a: &UpArgs) -> Result<LabConfig> {
+    let mut c = config(cli, a.nodes, a.bin_dir.clone(), a.no_agent)?;
+    c.restart_agents = !a.no_restart;
+    c.no_agent_on = a.no_agent_on.clone();
+    c.agent_args = a.agent_arg.clone();
+    Ok(c)
+}
+
+fn run_node(lab: &Lab, cmd: &NodeCmd) -> Result<()> {
+    match cmd {
+        NodeCmd::Add { node } => {
+            let index = match node {
+                Some(n) => lab::parse_node_index(n)?,
+                None => lab.next_node_index()?,
+            };
+            let n = lab.add_node(index)?;
+            println!(
+                "node {} added: {} {} pods {} netns {}",
+                n.name,
+                n.internal_ipv4,
+                n.internal_ipv6,
+                n.pod_cidrs.join(","),
+                n.netns
+            );
+        }
+        NodeCmd::Del { node } => {
+            lab.del_node(node)?;
+            println!("node {node} deleted");
+        }
+        NodeCmd::Stop { node } => {
+            lab.stop_agent(node)?;
+            println!("agent on {node} stopped");
+        }
+        NodeCmd::Start { node } => {
+            let pid = lab.start_agent(node)?;
+            println!("agent on {node} started as pid {pid}");
+        }
+        NodeCmd::Kill { node } => {
+            lab.kill_agent(node)?;
+            println!("agent on {node} killed");
+        }
+    }
+    Ok(())
+}
+
+fn run_api(lab: &Lab, cmd: &ApiCmd) -> Result<()> {
+    match cmd {
+        ApiCmd::Stop => lab.stop_apiserver()?,
+        ApiCmd::Start { empty } => lab.start_apiserver(*empty)?,
+        ApiCmd::Restart { empty } => lab.restart_apiserver(*empty)?,
+    }
+    println!(
+        "API emulator: {}",
+        if lab.state()?.live_proc("apiserver").is_some() {
+            "running"
+        } else {
+            "stopped"
+        }
+    );
+    Ok(())
+}
+
 fn parse_labels(raw: &[String]) -> Result<BTreeMap<String, String>> {
     raw.iter()
         .map(|kv| {
@@ -164,8 +278,14 @@ fn print_status(lab: &Lab) -> Result<()> {
     );
     println!("kubectl: KUBECONFIG={} kubectl get nodes", lab.kubeconfig().display());
     for n in &st.nodes {
+        let agent = match (n.lab_agent, st.live_proc(&n.agent_role())) {
+            (false, _) => "none from the lab".to_string(),
+            (true, Some(p)) => format!("pid {} restarts {}", p.pid, n.agent_restarts),
+            (true, None) if n.agent_stopped => "stopped".to_string(),
+            (true, None) => format!("not running, restarts {}", n.agent_restarts),
+        };
         println!(
-            "node {:<8} {} {} pods {} netns {}",
+            "node {:<8} {} {} pods {} netns {} agent {agent}",
             n.name,
             n.internal_ipv4,
             n.internal_ipv6,
@@ -212,9 +332,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let open = || Lab::open(&cli.root, &name);
     match &cli.command {
         Cmd::Up(a) => {
-            let lab = Lab::up(&config(&cli, a.nodes, a.bin_dir.clone(), a.no_agent)?)?;
+            let lab = Lab::up(&up_config(&cli, a)?)?;
             print_status(&lab)?;
         }
+        Cmd::Node(cmd) => {
+            lab::check_root()?;
+            run_node(&open()?, cmd)?;
+        }
+        Cmd::Api(cmd) => run_api(&open()?, cmd)?,
+        Cmd::Supervise => lab::supervisor::run(&cli.root, &name)?,
         Cmd::Down => {
             lab::check_root()?;
             lab::down(&cli.root, &name)?;

@@ -180,6 +180,112 @@ pub fn ping(ns: &str, to: IpAddr) -> Result<()> {
         .map(drop)
 }
 
+/// Bound on one bulk transfer ([`tcp_check`]).
+pub const BULK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A server thread's result: the peer it served and every byte it read.
+pub type Sink = std::thread::JoinHandle<Result<(SocketAddr, Vec<u8>)>>;
+
+/// A TCP server inside `ns` on `bind` that accepts one connection, reads to
+/// EOF, answers `seen PEER LEN` and returns (peer, bytes). Returns once it
+/// listens; join the handle for the result.
+pub fn tcp_sink(ns: &str, bind: SocketAddr) -> Result<Sink> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = netns::spawn_in(ns, move || {
+        let l = TcpListener::bind(bind).with_context(|| format!("bind {bind}"));
+        let _ = tx.send(l.as_ref().map(drop).map_err(|e| format!("{e:#}")));
+        let (mut s, peer) = l?.accept().context("accept")?;
+        s.set_read_timeout(Some(BULK_TIMEOUT))?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).with_context(|| format!("read from {peer}"))?;
+        // The client may be gone already; what it sent is the result.
+        let _ = s.write_all(format!("seen {peer} {}", buf.len()).as_bytes());
+        Ok((peer, buf))
+    })?;
+    match rx.recv_timeout(PROBE_TIMEOUT * 5) {
+        Ok(Ok(())) => Ok(h),
+        Ok(Err(e)) => bail!("server in {ns}: {e}"),
+        Err(_) => bail!("server in {ns} did not listen on {bind}"),
+    }
+}
+
+/// From inside `ns`: connect to `dst`, send `data`, half-close, return the answer.
+pub fn tcp_push(ns: &str, dst: SocketAddr, data: Vec<u8>) -> Result<String> {
+    netns::run_in(ns, move || {
+        let mut s = TcpStream::connect_timeout(&dst, PROBE_TIMEOUT * 5).with_context(|| format!("connect {dst}"))?;
+        s.set_read_timeout(Some(BULK_TIMEOUT))?;
+        s.set_write_timeout(Some(BULK_TIMEOUT))?;
+        s.write_all(&data).with_context(|| format!("send to {dst}"))?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).with_context(|| format!("read from {dst}"))?;
+        Ok(out)
+    })
+}
+
+/// A whole TCP round trip of `data` from `client_ns` to a server in
+/// `server_ns` on `dst`: every byte arrived and the answer matches. Returns
+/// the client address the server saw.
+pub fn tcp_check(client_ns: &str, server_ns: &str, dst: SocketAddr, data: Vec<u8>) -> Result<SocketAddr> {
+    let len = data.len();
+    let srv = tcp_sink(server_ns, dst)?;
+    let answer = tcp_push(client_ns, dst, data);
+    let (peer, got) = srv.join().map_err(|_| anyhow::anyhow!("server thread panicked"))??;
+    let answer = answer?;
+    if got.len() != len {
+        bail!("{dst}: the server got {} of {len} bytes", got.len());
+    }
+    if answer != format!("seen {peer} {len}") {
+        bail!("{dst}: unexpected answer {answer:?} (server saw {peer})");
+    }
+    Ok(peer)
+}
+
+/// A UDP datagram from `client_ns` to a server in `server_ns` on `dst`,
+/// retried until the server's echo of the client address comes back (which
+/// must be what the server saw). Returns that address.
+pub fn udp_check(client_ns: &str, server_ns: &str, dst: SocketAddr) -> Result<SocketAddr> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let srv = netns::spawn_in(server_ns, move || {
+        let s = UdpSocket::bind(dst).with_context(|| format!("bind {dst}"));
+        let _ = tx.send(s.as_ref().map(drop).map_err(|e| format!("{e:#}")));
+        let s = s?;
+        s.set_read_timeout(Some(BULK_TIMEOUT / 4))?;
+        let mut buf = [0u8; 1500];
+        let (_, peer) = s.recv_from(&mut buf).context("no UDP datagram arrived")?;
+        for _ in 0..3 {
+            let _ = s.send_to(peer.to_string().as_bytes(), peer);
+        }
+        Ok(peer)
+    })?;
+    match rx.recv_timeout(PROBE_TIMEOUT * 5) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => bail!("UDP server in {server_ns}: {e}"),
+        Err(_) => bail!("UDP server in {server_ns} did not bind {dst}"),
+    }
+    let seen = netns::run_in(client_ns, move || {
+        let bind: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
+        let s = UdpSocket::bind(bind)?;
+        s.set_read_timeout(Some(Duration::from_millis(500)))?;
+        let mut buf = [0u8; 100];
+        for _ in 0..20 {
+            s.send_to(b"hello", dst)?;
+            if let Ok((n, _)) = s.recv_from(&mut buf) {
+                return Ok(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        bail!("no UDP answer from {dst}")
+    });
+    let peer = srv
+        .join()
+        .map_err(|_| anyhow::anyhow!("UDP server thread panicked"))??;
+    let seen = seen?;
+    if seen != peer.to_string() {
+        bail!("{dst}: the client got {seen:?}, the server saw {peer}");
+    }
+    Ok(peer)
+}
+
 /// Run `f` until it succeeds or `timeout` passes; returns the last error.
 pub fn retry<T>(timeout: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> {
     let deadline = std::time::Instant::now() + timeout;
@@ -189,6 +295,21 @@ pub fn retry<T>(timeout: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T
             Err(e) if std::time::Instant::now() >= deadline => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
+    }
+}
+
+/// Poll `f` every 100 ms until it returns `Some`, for at most `timeout`;
+/// the error names `what` was waited for.
+pub fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

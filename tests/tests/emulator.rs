@@ -15,6 +15,12 @@ use weft_tests::apiserver::{Emulator, EmulatorConfig};
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn start(history_limit: usize) -> (Emulator, Client) {
+    let (em, client, _) = start_at(history_limit).await;
+    (em, client)
+}
+
+/// [`start`], also returning the emulator's URL.
+async fn start_at(history_limit: usize) -> (Emulator, Client, String) {
     let em = Emulator::new(EmulatorConfig {
         history_limit,
         log_requests: false,
@@ -23,7 +29,7 @@ async fn start(history_limit: usize) -> (Emulator, Client) {
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(em.clone().serve(vec![listener]));
     let config = Config::new(url.parse().unwrap());
-    (em, Client::try_from(config).unwrap())
+    (em, Client::try_from(config).unwrap(), url)
 }
 
 fn pod(name: &str) -> Pod {
@@ -303,4 +309,47 @@ async fn list_with_selectors_and_versions() {
     assert!(system.list(&ListParams::default()).await.unwrap().items.is_empty());
     let everywhere: Api<Pod> = Api::all(client);
     assert_eq!(everywhere.list(&ListParams::default()).await.unwrap().items.len(), 2);
+}
+
+/// A watch from a version the server never issued (newer than its latest:
+/// from an incarnation that lost its state) ends in a 410 ERROR event, so
+/// clients relist; a list at such a version is kube-apiserver's 504 "Too
+/// large resource version".
+#[tokio::test]
+async fn versions_never_issued_are_gone_for_watches_and_too_large_for_lists() {
+    let (em, client, url) = start_at(100).await;
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    pods.create(&PostParams::default(), &pod("a")).await.unwrap();
+    let future = (em.resource_version() + 1000).to_string();
+    let mut raw = pods.watch(&WatchParams::default(), &future).await.unwrap().boxed();
+    match next(&mut raw).await.unwrap() {
+        WatchEvent::Error(s) => {
+            assert_eq!((s.code, s.reason.as_str()), (410, "Expired"));
+            assert!(s.message.contains("not issued by this server"), "{}", s.message);
+        }
+        other => panic!("expected a 410 ERROR event, got {other:?}"),
+    }
+    // The current version itself is fine: an empty replay, then live events.
+    let now = em.resource_version().to_string();
+    let mut raw = pods.watch(&WatchParams::default(), &now).await.unwrap().boxed();
+    pods.create(&PostParams::default(), &pod("b")).await.unwrap();
+    match next(&mut raw).await.unwrap() {
+        WatchEvent::Added(p) => assert_eq!(p.name_any(), "b"),
+        other => panic!("expected b's ADDED, got {other:?}"),
+    }
+    let lp = ListParams {
+        resource_version: Some(future.clone()),
+        ..ListParams::default()
+    };
+    // kube-rs retries a 504 with back-off (15 times): ask once.
+    let mut config = Config::new(url.parse().unwrap());
+    config.default_retry = false;
+    let once: Api<Pod> = Api::namespaced(Client::try_from(config).unwrap(), "default");
+    match once.list(&lp).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!((s.code, s.reason.as_str()), (504, "Timeout"));
+            assert!(s.message.starts_with("Too large resource version"), "{}", s.message);
+        }
+        other => panic!("a list at a future version must fail with 504, got {other:?}"),
+    }
 }

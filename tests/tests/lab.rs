@@ -118,8 +118,8 @@ fn down_after_a_crash_still_cleans_up() {
     let fp = footprint(lab);
     assert_eq!(
         fp.state.procs.len(),
-        4,
-        "emulator, one weft-agent per node, pod server: {:?}",
+        5,
+        "emulator, one weft-agent per node, agent supervisor, pod server: {:?}",
         fp.state.procs
     );
     // Simulate a crash: every lab process dies at once, no cleanup runs

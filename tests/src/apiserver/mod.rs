@@ -14,6 +14,7 @@
 //! the API allows), protobuf and Table output (clients fall back to JSON).
 
 mod patch;
+mod persist;
 mod resources;
 mod run;
 mod selector;
@@ -33,6 +34,7 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch as signal};
 
 pub use patch::{merge_patch, PatchKind};
+pub use persist::{remove as remove_saved_state, PersistError, JOURNAL_FILE, SNAPSHOT_FILE};
 pub use resources::{ResourceDef, RESOURCES};
 pub use run::{run, ListenSpec, LISTENING_FILE};
 pub use selector::{FieldSelector, LabelSelector};
@@ -58,6 +60,12 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// A read for a version newer than the server has (kube-apiserver's
+    /// "Too large resource version", a 504 with a retry hint).
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl ApiError {
@@ -72,14 +80,22 @@ impl ApiError {
             ApiError::Gone(_) => (410, "Expired"),
             ApiError::MethodNotAllowed(_) => (405, "MethodNotAllowed"),
             ApiError::UnsupportedMediaType(_) => (415, "UnsupportedMediaType"),
+            ApiError::Timeout(_) => (504, "Timeout"),
+            ApiError::Internal(_) => (500, "InternalError"),
         }
     }
 
     /// The `Status` object for this error.
     pub fn status(&self) -> Value {
         let (code, reason) = self.code_and_reason();
-        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-               "message": self.to_string(), "reason": reason, "code": code})
+        let mut s = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": self.to_string(), "reason": reason, "code": code});
+        if let ApiError::Timeout(_) = self {
+            s["details"] = json!({"causes": [{"reason": "ResourceVersionTooLarge",
+                                              "message": "Too large resource version"}],
+                                  "retryAfterSeconds": 1});
+        }
+        s
     }
 }
 
@@ -114,6 +130,8 @@ impl Default for EmulatorConfig {
 
 struct Inner {
     store: Mutex<Store>,
+    /// Where every change is saved (`--state`); locked only under `store`.
+    journal: Option<Mutex<persist::Journal>>,
     /// Every committed change, sent while the store lock is held so that
     /// watchers see changes in version order and none between replay and live.
     changes: broadcast::Sender<Arc<Change>>,
@@ -136,17 +154,23 @@ const SEED_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kub
 impl Emulator {
     /// A new emulator holding the standard namespaces.
     pub fn new(config: EmulatorConfig) -> Self {
-        let mut store = Store::new(config.history_limit);
-        let ns = resources::find("", "v1", "namespaces").expect("namespaces are served");
-        for name in SEED_NAMESPACES {
-            store
-                .create(ns, "", json!({"metadata": {"name": name}}))
-                .expect("seeding a fresh store cannot fail");
-        }
+        Self::build(seed_store(config.history_limit), None, &config)
+    }
+
+    /// An emulator whose objects and resourceVersion counter are kept in
+    /// `dir` (see `persist`): it starts with what a previous emulator on
+    /// the same `dir` saved, or with the standard namespaces.
+    pub fn open(config: EmulatorConfig, dir: &std::path::Path) -> Result<Self, PersistError> {
+        let (store, journal) = persist::open(dir, config.history_limit, || seed_store(config.history_limit))?;
+        Ok(Self::build(store, Some(journal), &config))
+    }
+
+    fn build(store: Store, journal: Option<persist::Journal>, config: &EmulatorConfig) -> Self {
         let (changes, _) = broadcast::channel(4096);
         Emulator {
             inner: Arc::new(Inner {
                 store: Mutex::new(store),
+                journal: journal.map(Mutex::new),
                 changes,
                 disconnect: signal::channel(0).0,
                 watch_gate: signal::channel(true).0,
@@ -200,10 +224,30 @@ impl Emulator {
     fn mutate(&self, f: impl FnOnce(&mut Store) -> Result<Arc<Change>, ApiError>) -> Result<Arc<Change>, ApiError> {
         let mut store = self.store();
         let change = f(&mut store)?;
+        if let Some(j) = &self.inner.journal {
+            let mut j = j.lock().unwrap_or_else(|e| e.into_inner());
+            // The change is made in memory but not saved: say so, loudly.
+            j.append(&store, &change).map_err(|e| {
+                eprintln!("weft-lab apiserver: {e}");
+                ApiError::Internal(format!("save the change: {e}"))
+            })?;
+        }
         // No receivers is fine: nobody is watching.
         let _ = self.inner.changes.send(change.clone());
         Ok(change)
     }
+}
+
+/// A store holding the namespaces every cluster has.
+fn seed_store(history_limit: usize) -> Store {
+    let mut store = Store::new(history_limit);
+    let ns = resources::find("", "v1", "namespaces").expect("namespaces are served");
+    for name in SEED_NAMESPACES {
+        store
+            .create(ns, "", json!({"metadata": {"name": name}}))
+            .expect("seeding a fresh store cannot fail");
+    }
+    store
 }
 
 /// What a request path names.
@@ -329,7 +373,7 @@ async fn dispatch(
             if is_true(params, "watch") {
                 return Ok(watch::start(em, res, filter, params).await);
             }
-            Ok(ok(list(em, res, &filter)))
+            list(em, res, &filter, params).map(ok)
         }
         (Target::Collection { res, namespace }, Method::POST) => {
             let ns = match (RESOURCES[res].namespaced, namespace) {
@@ -351,16 +395,30 @@ async fn dispatch(
     }
 }
 
-/// `GET` of a collection: a `…List` with the current version.
-fn list(em: &Emulator, res: usize, filter: &Filter) -> Value {
+/// `GET` of a collection: a `…List` with the current version. A
+/// `resourceVersion` newer than the server's is refused as kube-apiserver
+/// does once its cache has waited for it in vain: 504 "Too large resource
+/// version" (the emulator is never behind, so it does not wait).
+fn list(em: &Emulator, res: usize, filter: &Filter, params: &Params) -> Result<Value, ApiError> {
     let store = em.store();
     let def = &RESOURCES[res];
-    json!({
+    let current = store.resource_version();
+    if let Some(rv) = params.get("resourceVersion").filter(|v| !v.is_empty()) {
+        let n: u64 = rv
+            .parse()
+            .map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {rv:?}")))?;
+        if n > current {
+            return Err(ApiError::Timeout(format!(
+                "Too large resource version: {n}, current: {current}"
+            )));
+        }
+    }
+    Ok(json!({
         "kind": format!("{}List", def.kind),
         "apiVersion": def.api_version(),
         "metadata": {"resourceVersion": store.resource_version().to_string()},
         "items": store.list(res, filter),
-    })
+    }))
 }
 
 fn object(

@@ -54,7 +54,12 @@ fn bind(spec: &ListenSpec) -> Result<TcpListener> {
 }
 
 /// Bind every listener, announce them, and serve until killed.
+/// With a state directory, the objects are kept there across restarts.
 pub fn run(listen: &[ListenSpec], state_dir: Option<&Path>, config: EmulatorConfig) -> Result<()> {
+    let emulator = match state_dir {
+        Some(dir) => Emulator::open(config, dir).context("load the saved objects")?,
+        None => Emulator::new(config),
+    };
     let std_listeners = listen.iter().map(bind).collect::<Result<Vec<_>>>()?;
     let addrs: Vec<String> = std_listeners
         .iter()
@@ -80,7 +85,7 @@ pub fn run(listen: &[ListenSpec], state_dir: Option<&Path>, config: EmulatorConf
             .into_iter()
             .map(tokio::net::TcpListener::from_std)
             .collect::<std::io::Result<Vec<_>>>()?;
-        Emulator::new(config).serve(listeners).await
+        emulator.serve(listeners).await
     })
     .context("serve")
 }

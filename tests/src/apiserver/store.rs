@@ -152,8 +152,24 @@ impl Store {
             .collect()
     }
 
-    /// Changes after version `since`, or 410 when some were already dropped.
+    /// Changes after version `since`, or 410 when some were already dropped
+    /// — or when `since` is newer than anything this store issued: it came
+    /// from another incarnation of the server (one that lost its state), and
+    /// nothing this store holds relates to it, so the client must relist.
+    /// (A real kube-apiserver's watch cache would accept it and stay silent
+    /// until its own versions pass it; a cluster restored the way etcd
+    /// documents, `etcdutl snapshot restore --bump-revision
+    /// --mark-compacted`, answers 410 to every older version instead, which
+    /// is what makes clients relist — the behaviour reproduced here.)
     pub fn changes_since(&self, since: u64) -> Result<Vec<Arc<Change>>, ApiError> {
+        if since > self.rv {
+            return Err(ApiError::Gone(format!(
+                "too old resource version: {since} ({}): not issued by this server \
+                 (its latest is {}); relist",
+                self.compacted_to + 1,
+                self.rv
+            )));
+        }
         if since < self.compacted_to {
             return Err(ApiError::Gone(format!(
                 "too old resource version: {since} ({})",
@@ -365,11 +381,86 @@ impl Store {
         self.write(key.clone(), old, new, sub)
     }
 
+    /// The whole store as a JSON document (objects and counters, no history):
+    /// what [`Store::restore`] reads back.
+    pub fn snapshot(&self) -> Value {
+        let objects: Vec<Value> = self.objects.iter().map(|(k, v)| record_of(k, v)).collect();
+        json!({"resourceVersion": self.rv, "uidSeq": self.uid_seq, "objects": objects})
+    }
+
+    /// A store holding a [`Store::snapshot`]'s objects and counters. Its
+    /// history is empty: a watch from any older version gets 410, as after a
+    /// real API server's restart (its watch cache starts at the list it made).
+    pub fn restore(history_limit: usize, snapshot: &Value) -> Result<Store, String> {
+        let mut store = Store::new(history_limit);
+        for rec in snapshot["objects"].as_array().ok_or("snapshot has no objects array")? {
+            let (key, obj) = key_of(rec)?;
+            store.objects.insert(key, obj);
+        }
+        store.rv = counter(snapshot, "resourceVersion")?;
+        store.uid_seq = counter(snapshot, "uidSeq")?;
+        store.compacted_to = store.rv;
+        Ok(store)
+    }
+
+    /// One committed change as a journal record (see [`Store::replay`]).
+    pub fn journal_record(&self, change: &Change) -> Value {
+        let name = change.new["metadata"]["name"].as_str().unwrap_or_default();
+        let key = ObjKey {
+            res: change.res,
+            namespace: change.namespace.clone(),
+            name: name.to_string(),
+        };
+        let mut rec = record_of(&key, &change.new);
+        rec["resourceVersion"] = json!(change.rv);
+        rec["uidSeq"] = json!(self.uid_seq);
+        rec["deleted"] = json!(change.kind == ChangeKind::Deleted);
+        rec
+    }
+
+    /// Apply a journal record on top of a restored store.
+    pub fn replay(&mut self, rec: &Value) -> Result<(), String> {
+        let (key, obj) = key_of(rec)?;
+        if rec["deleted"].as_bool().unwrap_or(false) {
+            self.objects.remove(&key);
+        } else {
+            self.objects.insert(key, obj);
+        }
+        self.rv = counter(rec, "resourceVersion")?;
+        self.uid_seq = counter(rec, "uidSeq")?;
+        self.compacted_to = self.rv;
+        Ok(())
+    }
+
     /// Delete an object; the change carries its last state.
     pub fn delete(&mut self, key: &ObjKey) -> Result<Arc<Change>, ApiError> {
         let old = self.get(key)?;
         Ok(self.commit(key.clone(), ChangeKind::Deleted, Some(old.clone()), old))
     }
+}
+
+/// An object with where it lives, by resource name rather than table index.
+fn record_of(key: &ObjKey, obj: &Value) -> Value {
+    let def = &RESOURCES[key.res];
+    json!({"group": def.group, "version": def.version, "plural": def.plural,
+           "namespace": key.namespace, "name": key.name, "object": obj})
+}
+
+fn key_of(rec: &Value) -> Result<(ObjKey, Value), String> {
+    let field = |f: &str| rec[f].as_str().ok_or_else(|| format!("record without {f}: {rec}"));
+    let (group, version, plural) = (field("group")?, field("version")?, field("plural")?);
+    let res = super::resources::find(group, version, plural)
+        .ok_or_else(|| format!("unknown resource {group}/{version}/{plural}"))?;
+    let key = ObjKey {
+        res,
+        namespace: field("namespace")?.to_string(),
+        name: field("name")?.to_string(),
+    };
+    Ok((key, rec["object"].clone()))
+}
+
+fn counter(v: &Value, f: &str) -> Result<u64, String> {
+    v[f].as_u64().ok_or_else(|| format!("{f} is not a number"))
 }
 
 #[cfg(test)]
@@ -523,5 +614,52 @@ mod tests {
             )
             .unwrap();
         assert_eq!(c.new["metadata"]["labels"], json!({"a": "1", "b": "2"}));
+    }
+
+    #[test]
+    fn future_versions_are_gone_too() {
+        let mut s = Store::new(10);
+        s.create(pods(), "default", pod("a")).unwrap();
+        assert!(s.changes_since(1).unwrap().is_empty());
+        match s.changes_since(2) {
+            Err(ApiError::Gone(m)) => assert!(m.contains("not issued by this server"), "{m}"),
+            other => panic!("a version never issued: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn snapshot_and_journal_restore_objects_and_counters() {
+        let mut s = Store::new(10);
+        s.create(pods(), "default", pod("a")).unwrap();
+        let snap = s.snapshot();
+        let b = s.create(pods(), "default", pod("b")).unwrap();
+        let rec_b = s.journal_record(&b);
+        let d = s.delete(&key("a")).unwrap();
+        let rec_d = s.journal_record(&d);
+        let mut r = Store::restore(10, &snap).unwrap();
+        assert_eq!(r.get(&key("a")).unwrap(), s_get_a(&snap));
+        r.replay(&rec_b).unwrap();
+        r.replay(&rec_d).unwrap();
+        assert_eq!(r.resource_version(), 3);
+        assert!(r.get(&key("a")).is_err());
+        assert_eq!(r.get(&key("b")).unwrap(), s.get(&key("b")).unwrap());
+        assert!(
+            matches!(r.changes_since(2), Err(ApiError::Gone(_))),
+            "history starts empty"
+        );
+        assert!(r.changes_since(3).unwrap().is_empty());
+        let c = r.create(pods(), "default", pod("c")).unwrap();
+        assert_eq!(c.rv, 4, "the counter continues");
+        assert_ne!(c.new["metadata"]["uid"], b.new["metadata"]["uid"]);
+        assert!(Store::restore(
+            10,
+            &json!({"objects": [{"group": "", "version": "v1", "plural": "secrets",
+            "namespace": "", "name": "x", "object": {}}], "resourceVersion": 1, "uidSeq": 1})
+        )
+        .is_err());
+    }
+
+    fn s_get_a(snap: &Value) -> Value {
+        snap["objects"][0]["object"].clone()
     }
 }

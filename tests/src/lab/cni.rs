@@ -189,6 +189,10 @@ mod tests {
             internal_ipv6: "fd00:172:30::12".parse().unwrap(),
             pod_cidrs: vec!["10.244.2.0/24".into(), "fd00:10:244:2::/64".into()],
             dir: "/run/weft-lab/t/nodes/node-2".into(),
+            lab_agent: true,
+            agent_stopped: false,
+            agent_extra_args: vec![],
+            agent_restarts: 0,
         };
         let c = conflist(&node);
         let p = &c["plugins"][0];

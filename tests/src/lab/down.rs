@@ -6,7 +6,9 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
+use super::netns::NsId;
 use super::process::stop_pid;
+use super::supervisor::SUPERVISOR_ROLE;
 use super::{netns, netns_prefix, state};
 
 /// Stop the lab's processes, delete its namespaces, remove its directory,
@@ -18,7 +20,10 @@ pub fn down(root: &Path, name: &str) -> Result<()> {
     let recorded = state::load(&dir).unwrap_or_default();
     let mut errors: Vec<String> = Vec::new();
 
-    for p in &recorded.procs {
+    // The supervisor first, or it would start the agents stopped next again.
+    let mut procs = recorded.procs.clone();
+    procs.sort_by_key(|p| p.role != SUPERVISOR_ROLE);
+    for p in &procs {
         if let Err(e) = p.stop() {
             errors.push(format!("stop {} (pid {}): {e:#}", p.role, p.pid));
         }
@@ -31,6 +36,15 @@ pub fn down(root: &Path, name: &str) -> Result<()> {
     }
     namespaces.sort();
     namespaces.dedup();
+    // Processes the lab did not start but that run in its namespaces (an
+    // agent's userspace WireGuard, anything a test ran there), also in a
+    // namespace whose name was already deleted: found by identity.
+    let ids: Vec<NsId> = recorded.netns_ids.values().copied().collect();
+    for pid in netns::pids_in(&ids) {
+        if let Err(e) = stop_pid(pid, None) {
+            errors.push(format!("stop pid {pid} in a lab namespace: {e:#}"));
+        }
+    }
     for ns in &namespaces {
         if let Err(e) = delete_netns(ns) {
             errors.push(format!("delete netns {ns}: {e:#}"));
@@ -55,7 +69,7 @@ pub fn down(root: &Path, name: &str) -> Result<()> {
 
 /// Stop every process inside a namespace, then delete it: a namespace with
 /// processes in it outlives `ip netns del`, and so would its interfaces.
-fn delete_netns(ns: &str) -> Result<()> {
+pub(super) fn delete_netns(ns: &str) -> Result<()> {
     for pid in netns::pids(ns)? {
         stop_pid(pid, None)?;
     }

@@ -16,12 +16,16 @@
 //! `<root>/<name>/` (default root `/run/weft-lab`), recorded in `state.json`
 //! before anything is created, so [`down`] also cleans up after a crash.
 
+pub mod agents;
 pub mod cni;
 pub mod netns;
+pub mod nodes;
 pub mod objects;
 pub mod process;
 pub mod state;
+pub mod supervisor;
 
+mod api;
 mod down;
 mod pods;
 mod up;
@@ -32,7 +36,9 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+pub use agents::AgentCommand;
 pub use down::down;
+pub use nodes::{node_name, parse_node_index, MAX_NODES};
 pub use pods::PodSpec;
 pub use state::{LabState, NodeState, PodState};
 
@@ -58,6 +64,19 @@ pub struct LabConfig {
     /// Without agents the lab writes those itself and pods only reach pods
     /// on their own node.
     pub agents: bool,
+    /// A supervisor restarts an agent that died (crash, SIGKILL), as kubelet
+    /// restarts a crashed container, with a back-off (see [`supervisor`]).
+    /// Tests that need a dead agent turn it off. [`Lab::stop_agent`] is never
+    /// undone by the supervisor.
+    pub restart_agents: bool,
+    /// Flags every agent gets after the lab's own (e.g. `--resync-seconds 2`).
+    pub agent_args: Vec<String>,
+    /// The agents' `RUST_LOG` (default `info`).
+    pub agent_log_filter: String,
+    /// Nodes (`node-N`) that get their namespace, Node object, directories and
+    /// kubeconfig but no agent from the lab: a test runs one there itself
+    /// (see [`Lab::agent_command`]). Applies to nodes added later too.
+    pub no_agent_on: Vec<String>,
 }
 
 impl LabConfig {
@@ -72,6 +91,10 @@ impl LabConfig {
             lab_bin: lab_bin.into(),
             cni_bin_dir: None,
             agents: true,
+            restart_agents: true,
+            agent_args: Vec::new(),
+            agent_log_filter: "info".into(),
+            no_agent_on: Vec::new(),
         }
     }
 }

@@ -74,13 +74,57 @@ pub fn list() -> Result<Vec<String>> {
         .collect())
 }
 
-/// Pids of the processes inside a namespace (`ip netns pids NAME`).
+/// A network namespace's identity: device and inode of its nsfs file, as
+/// `stat /var/run/netns/NAME` and `stat -L /proc/PID/ns/net` show them. It
+/// outlives the name: a namespace deleted with `ip netns del` while a
+/// process is inside keeps its inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct NsId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// The identity of a named namespace.
+pub fn id(name: &str) -> Result<NsId> {
+    use std::os::unix::fs::MetadataExt;
+    let p = path(name);
+    let m = std::fs::metadata(&p).with_context(|| format!("stat {}", p.display()))?;
+    Ok(NsId {
+        dev: m.dev(),
+        ino: m.ino(),
+    })
+}
+
+/// Pids of every process whose network namespace is one of `ids`, found
+/// through `/proc/*/ns/net` (what `ip netns pids` does, but also for a
+/// namespace whose name is already gone). Never this process.
+pub fn pids_in(ids: &[NsId]) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            // A process that exits meanwhile is simply not listed.
+            std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| {
+                ids.contains(&NsId {
+                    dev: m.dev(),
+                    ino: m.ino(),
+                })
+            })
+        })
+        .collect()
+}
+
+/// Pids of the processes inside a named namespace (`ip netns pids NAME`).
 pub fn pids(name: &str) -> Result<Vec<i32>> {
     if !path(name).exists() {
         return Ok(Vec::new());
     }
-    let out = ip(&["netns", "pids", name])?;
-    Ok(out.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+    Ok(pids_in(&[id(name)?]))
 }
 
 /// Run `f` on a fresh thread that has joined namespace `name`. Sockets created
@@ -90,16 +134,26 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T> + Send + 'static,
 {
+    spawn_in(name, f)?
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread inside netns panicked"))?
+}
+
+/// Start `f` on a fresh thread that joins namespace `name` first; the
+/// caller joins it (a server accepting in the background, a long stream).
+pub fn spawn_in<T, F>(name: &str, f: F) -> Result<std::thread::JoinHandle<Result<T>>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
     let ns_path = path(name);
     let file = File::open(&ns_path).with_context(|| format!("open netns {}", ns_path.display()))?;
     let name = name.to_string();
-    std::thread::spawn(move || {
+    Ok(std::thread::spawn(move || {
         // This thread never switches back: it ends after `f`.
         setns(&file, CloneFlags::CLONE_NEWNET).with_context(|| format!("setns into {name}"))?;
         f()
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("thread inside netns panicked"))?
+    }))
 }
 
 /// Write a sysctl of the namespace (`ip netns exec NS sysctl -w KEY=VALUE`);
@@ -110,6 +164,15 @@ pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
     run_in(ns, move || {
         std::fs::write(&file, &value).with_context(|| format!("write {file}"))
     })
+}
+
+/// `ip netns exec NS ARGV…`, run to completion: its stdout, or an error
+/// with its stderr when it fails.
+pub fn exec(ns: &str, argv: &[&str]) -> Result<String> {
+    let (program, args) = argv.split_first().context("empty command")?;
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = run(&mut exec_cmd(ns, program, &args))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// `ip netns exec NS PROGRAM ARGS…` as a command to run or spawn.

@@ -140,6 +140,19 @@ pub fn delete_pod(url: &str, namespace: &str, name: &str) -> Result<()> {
     })
 }
 
+/// Delete a Node object; one that is already gone is fine.
+pub fn delete_node(url: &str, name: &str) -> Result<()> {
+    let name = name.to_string();
+    with_client(url, |client| async move {
+        let api: Api<Node> = Api::all(client);
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("delete Node {name}")),
+        }
+    })
+}
+
 /// A kubeconfig for a plain-HTTP server without authentication.
 pub fn kubeconfig(server: &str) -> String {
     format!(

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use super::cni::{self, Invocation};
 use super::process::spawn_detached;
 use super::state::{self, NodeState, PodState};
-use super::{check_name, netns, netns_prefix, objects, Lab};
+use super::{check_name, down, netns, netns_prefix, objects, Lab};
 
 /// Bound on waiting for a pod's server to listen.
 const SERVER_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -124,6 +124,11 @@ impl Lab {
 
     fn start_pod(&self, node: &NodeState, mut pod: PodState) -> Result<PodState> {
         netns::add(&pod.netns)?;
+        let id = netns::id(&pod.netns)?;
+        state::update(&self.dir, |st| {
+            st.netns_ids.insert(pod.netns.clone(), id);
+            Ok(())
+        })?;
         pod.result = cni::invoke(node, &invocation("ADD", &pod), None)?;
         pod.ips = cni::result_ips(&pod.result)?;
         state::update(&self.dir, |st| {
@@ -192,7 +197,7 @@ impl Lab {
                 errors.push(format!("{e:#}"));
             }
         }
-        if let Err(e) = netns::delete(&pod.netns) {
+        if let Err(e) = down::delete_netns(&pod.netns) {
             errors.push(format!("delete netns: {e:#}"));
         }
         if let Some(api) = &st.api {
@@ -204,6 +209,7 @@ impl Lab {
         state::update(&self.dir, |st| {
             st.pods.retain(|p| p.name != name);
             st.netns.retain(|n| *n != pod.netns);
+            st.netns_ids.remove(&pod.netns);
             st.procs.retain(|p| p.role != role);
             Ok(())
         })?;

@@ -52,6 +52,35 @@ impl ProcRecord {
     pub fn stop(&self) -> Result<()> {
         stop_pid(self.pid, Some(self.start_time))
     }
+
+    /// SIGKILL (a crash, as far as the process can tell), then wait until it
+    /// is gone; reaps it if it is our child. A process already gone is fine.
+    pub fn kill(&self) -> Result<()> {
+        if !self.alive() {
+            return Ok(());
+        }
+        let pid = Pid::from_raw(self.pid);
+        let _ = kill(pid, Signal::SIGKILL);
+        let deadline = Instant::now() + TERM_GRACE;
+        while self.alive() && Instant::now() < deadline {
+            reap(pid);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        reap(pid);
+        if self.alive() {
+            anyhow::bail!("process {} ({}) survived SIGKILL", self.pid, self.role);
+        }
+        Ok(())
+    }
+}
+
+/// Collect every exited child of this process (a supervisor's restarted agents).
+pub fn reap_children() {
+    while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+        if status == nix::sys::wait::WaitStatus::StillAlive {
+            break;
+        }
+    }
 }
 
 /// Stop a pid (checking its start time when given), bounded in time.
@@ -90,10 +119,15 @@ fn reap(pid: Pid) {
     let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
 }
 
-/// Start `cmd` in its own process group, detached from our stdio (output to
-/// `log`), and return its record.
+/// Start `cmd` in its own process group, detached from our stdio (output
+/// appended to `log`, so a restarted process continues its log), and return
+/// its record.
 pub fn spawn_detached(mut cmd: Command, log: &Path, role: &str) -> Result<ProcRecord> {
-    let out = File::create(log).with_context(|| format!("create {}", log.display()))?;
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("open {}", log.display()))?;
     let err = out.try_clone()?;
     let child = cmd
         .stdin(Stdio::null())

@@ -14,6 +14,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::netns::NsId;
 use super::process::ProcRecord;
 
 /// How to reach the API emulator.
@@ -38,14 +39,54 @@ pub struct NodeState {
     pub pod_cidrs: Vec<String>,
     /// `<lab>/nodes/<name>`: bin/, net.d/, ipam/, weft.log, ready, kubeconfig.
     pub dir: PathBuf,
+    /// The lab runs this node's `weft-agent` (false without agents, and for
+    /// nodes in [`crate::lab::LabConfig::no_agent_on`], where a test runs it).
+    #[serde(default)]
+    pub lab_agent: bool,
+    /// The agent was stopped on purpose ([`crate::lab::Lab::stop_agent`]): the
+    /// supervisor leaves it stopped until [`crate::lab::Lab::start_agent`].
+    #[serde(default)]
+    pub agent_stopped: bool,
+    /// Flags given to [`crate::lab::Lab::start_agent_with`], kept for restarts.
+    #[serde(default)]
+    pub agent_extra_args: Vec<String>,
+    /// How often the supervisor restarted a dead agent (kubelet's restartCount).
+    #[serde(default)]
+    pub agent_restarts: u32,
 }
 
 impl NodeState {
+    /// `CNI_PATH`: where the agent installs `weft` and `weft-ipam`.
     pub fn bin_dir(&self) -> PathBuf {
         self.dir.join("bin")
     }
+    /// Where the conflist is written.
     pub fn conf_dir(&self) -> PathBuf {
         self.dir.join("net.d")
+    }
+    /// The agent's `--state-dir` (WireGuard key `wireguard.key`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+    /// The agent's `--run-dir` (userspace WireGuard socket, pid and log).
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+    /// The readiness file the agent writes once the node's network is up.
+    pub fn readiness_file(&self) -> PathBuf {
+        self.dir.join("ready")
+    }
+    /// The agent's log (stdout and stderr, appended across restarts).
+    pub fn agent_log(&self) -> PathBuf {
+        self.dir.join("agent.log")
+    }
+    /// A kubeconfig for the emulator over the underlay (for the node's agent).
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+    /// The role of the node's agent in [`LabState::procs`].
+    pub fn agent_role(&self) -> String {
+        format!("weft-agent {}", self.name)
     }
 }
 
@@ -85,6 +126,10 @@ pub struct LabState {
     pub external_netns: Option<String>,
     /// Every namespace made, recorded before it was made.
     pub netns: Vec<String>,
+    /// The identity of every namespace made, recorded right after: `down`
+    /// finds processes inside it even when its name is gone.
+    #[serde(default)]
+    pub netns_ids: BTreeMap<String, NsId>,
     /// Every background process started.
     pub procs: Vec<ProcRecord>,
     pub api: Option<ApiInfo>,
@@ -93,6 +138,18 @@ pub struct LabState {
     /// A `weft-agent` runs on every node (cross-node traffic is expected to work).
     #[serde(default)]
     pub agents: bool,
+    /// A supervisor restarts dead agents, as kubelet restarts a crashed container.
+    #[serde(default)]
+    pub restart_agents: bool,
+    /// Flags every agent gets after the lab's own.
+    #[serde(default)]
+    pub agent_args: Vec<String>,
+    /// The agents' `RUST_LOG`; empty means `info`.
+    #[serde(default)]
+    pub agent_log_filter: String,
+    /// Nodes whose agent the lab never starts (a test runs it there itself).
+    #[serde(default)]
+    pub no_agent_on: Vec<String>,
 }
 
 impl LabState {
@@ -101,6 +158,10 @@ impl LabState {
     }
     pub fn pod(&self, name: &str) -> Option<&PodState> {
         self.pods.iter().find(|p| p.name == name)
+    }
+    /// The running (recorded and alive) process with this role.
+    pub fn live_proc(&self, role: &str) -> Option<&ProcRecord> {
+        self.procs.iter().find(|p| p.role == role && p.alive())
     }
 }
 

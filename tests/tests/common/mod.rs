@@ -29,9 +29,20 @@ impl Drop for LabGuard {
 
 /// Bring a lab up (as root) with `nodes` nodes.
 pub fn up(prefix: &str, nodes: u8) -> LabGuard {
+    up_with(prefix, nodes, |_| {})
+}
+
+/// Bring a lab up (as root) with `nodes` nodes and a config changed by `f`.
+pub fn up_with(prefix: &str, nodes: u8, f: impl FnOnce(&mut LabConfig)) -> LabGuard {
     lab::require_root();
-    let config = LabConfig::new(&unique_name(prefix), nodes, lab_bin());
+    let mut config = LabConfig::new(&unique_name(prefix), nodes, lab_bin());
+    f(&mut config);
     LabGuard(Lab::up(&config).unwrap_or_else(|e| panic!("lab up: {e:#}")))
+}
+
+/// Poll `f` every 100 ms until it returns `Some`; panic after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: std::time::Duration, f: impl FnMut() -> Option<T>) -> T {
+    weft_tests::traffic::poll(what, timeout, f).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The host's interface names (`ip -o link`), to prove the lab never adds any.
