@@ -16,7 +16,6 @@ pub mod error;
 pub mod log;
 pub mod names;
 pub mod netns;
-pub mod nl;
 pub mod sysctl;
 pub mod teardown;
 

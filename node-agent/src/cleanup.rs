@@ -1,4 +1,5 @@
-//! `weft-agent cleanup`: remove everything weft made on this node. Best
+//! `weft-agent cleanup`: remove everything weft made on this node and put
+//! back the CNI configs it moved aside. Best
 //! effort and idempotent: every step runs, "already gone" is success, and
 //! all failures are reported together.
 
@@ -8,7 +9,7 @@ use std::path::Path;
 
 use crate::config::{Settings, CNI_BINARIES};
 use crate::net::Net;
-use crate::{nft, wg};
+use crate::{bootstrap, nft, wg};
 
 fn remove_file(path: &Path, done: &mut Vec<String>, errors: &mut Vec<String>) {
     match fs::remove_file(path) {
@@ -33,6 +34,11 @@ pub async fn cleanup(s: &Settings) -> Result<Vec<String>, Vec<String>> {
     // Not ready first, so runtimes stop using the network before it goes.
     remove_file(&s.readiness_file, &mut done, &mut errors);
     remove_file(&s.conflist_path(), &mut done, &mut errors);
+    // The configs `--cni-exclusive` moved aside go back, so the plugin that
+    // was there before weft (or the next one) finds its config again.
+    let (restored, failed) = bootstrap::restore_moved_configs(s);
+    done.extend(restored);
+    errors.extend(failed);
     for b in CNI_BINARIES {
         remove_file(&s.cni_bin_dir.join(b), &mut done, &mut errors);
     }

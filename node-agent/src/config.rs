@@ -57,14 +57,27 @@ pub struct Settings {
     pub bridge: String,
     /// Chain the `portmap` plugin after weft in the conflist.
     pub chain_portmap: bool,
-    pub metrics_addr: SocketAddr,
+    /// `/healthz` and `/livez` (kube-proxy's `0.0.0.0:10256`); `None`: off.
+    pub healthz_addr: Option<SocketAddr>,
+    /// `/metrics` (kube-proxy's `127.0.0.1:10249`); `None`: off.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Move every other CNI config in the conf dir aside (into
+    /// [`MOVED_DIR`]) so weft's is the one the runtime uses; `cleanup` puts
+    /// them back.
+    pub cni_exclusive: bool,
     /// Full reconcile at least this often (drift repair, metrics refresh).
     pub resync: Duration,
+    /// Strict mode: drop traffic to other nodes' pod CIDRs that would leave
+    /// this node through anything but the WireGuard device.
+    pub strict: bool,
 }
 
 pub const CONFLIST_NAME: &str = "10-weft.conflist";
 pub const NETWORK_NAME: &str = "weft";
 pub const CNI_BINARIES: [&str; 2] = ["weft", "weft-ipam"];
+/// Subdirectory of the CNI conf dir that holds the configs `cni_exclusive`
+/// moved aside (runtimes read only the conf dir itself, not subdirectories).
+pub const MOVED_DIR: &str = "weft-moved";
 
 impl Settings {
     pub fn key_file(&self) -> PathBuf {
@@ -77,6 +90,10 @@ impl Settings {
 
     pub fn conflist_path(&self) -> PathBuf {
         self.cni_conf_dir.join(CONFLIST_NAME)
+    }
+
+    pub fn moved_dir(&self) -> PathBuf {
+        self.cni_conf_dir.join(MOVED_DIR)
     }
 
     pub fn wg_socket(&self) -> PathBuf {
@@ -112,8 +129,11 @@ impl Settings {
             cni_log_file: root.join("log/cni.log"),
             bridge: "weft0".into(),
             chain_portmap: true,
-            metrics_addr: ([127, 0, 0, 1], 0).into(),
+            healthz_addr: Some(([127, 0, 0, 1], 0).into()),
+            metrics_addr: Some(([127, 0, 0, 1], 0).into()),
+            cni_exclusive: true,
             resync: Duration::from_secs(30),
+            strict: true,
         }
     }
 }

@@ -1,9 +1,9 @@
 //! The node's CNI conflist, rendered from weft's own config type
-//! ([`weft_cni::config::WeftConf`]) so the plugin and the agent cannot drift.
+//! ([`weft_cni_types::weftconf::WeftConf`]) so the plugin and the agent cannot drift.
 
 use ipnetwork::IpNetwork;
 use serde_json::{json, Value};
-use weft_cni::config::WeftConf;
+use weft_cni_types::weftconf::WeftConf;
 
 use crate::config::{Settings, NETWORK_NAME};
 
@@ -28,7 +28,7 @@ pub fn render(settings: &Settings, pod_cidrs: &[IpNetwork], mtu: u32) -> Value {
         log_file: Some(settings.cni_log_file.clone()),
         readiness_file: Some(settings.readiness_file.clone()),
         ipam: json!({
-            "type": weft_cni::config::IN_PROCESS_IPAM,
+            "type": weft_cni_types::weftconf::IN_PROCESS_IPAM,
             "ranges": ranges,
             "routes": routes,
             "dataDir": settings.ipam_dir(),

@@ -36,26 +36,98 @@ pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
-/// Start watching Nodes; `changed` is notified on every event. The store is
-/// only replaced when a (re)list completes, so a dropped watch or an
-/// unreachable API server leaves the last known Nodes in place.
-pub fn watch_nodes(client: Client, changed: Arc<Notify>, metrics: Arc<Metrics>) -> Store<Node> {
-    let api: Api<Node> = Api::all(client);
+/// Which objects changed since a loop last looked: names (`namespace/name`
+/// for namespaced objects), or "everything" after a (re)list. A loop takes
+/// it at the start of a pass, so an event pass works on what changed only.
+#[derive(Debug, Default)]
+pub struct ChangeSet {
+    pub names: std::collections::BTreeSet<String>,
+    /// A list or relist happened: treat every object as changed.
+    pub all: bool,
+}
+
+/// A [`ChangeSet`] shared between a watch and its loop.
+#[derive(Debug, Clone, Default)]
+pub struct Changes(Arc<std::sync::Mutex<ChangeSet>>);
+
+impl Changes {
+    fn record(&self, f: impl FnOnce(&mut ChangeSet)) {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// What changed since the last call, leaving the set empty.
+    pub fn take(&self) -> ChangeSet {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+fn key_of<K: kube::Resource>(o: &K) -> String {
+    let m = o.meta();
+    match &m.namespace {
+        Some(ns) => format!("{ns}/{}", m.name.as_deref().unwrap_or_default()),
+        None => m.name.clone().unwrap_or_default(),
+    }
+}
+
+/// Watch any resource into a reflector store; `changed` is notified on
+/// every event and `changes` records which objects changed. The store is only replaced when a (re)list completes, so a
+/// dropped watch or an unreachable API server leaves the last known objects
+/// in place. Watch errors are counted as `api_watch` and logged once per
+/// distinct message until the watch recovers (the watcher retries with
+/// backoff). Each loop runs its own watches: the Services loop watches
+/// Services and EndpointSlices beside the mesh's Nodes.
+pub fn watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: Arc<Notify>,
+    changes: Changes,
+    metrics: Arc<Metrics>,
+) -> Store<K>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
+    let kind = K::kind(&K::DynamicType::default()).into_owned();
     tokio::spawn(async move {
         futures::pin_mut!(stream);
+        let mut last_error: Option<String> = None;
         while let Some(ev) = stream.next().await {
             match ev {
-                Ok(_) => changed.notify_one(),
+                Ok(ev) => {
+                    if last_error.take().is_some() {
+                        tracing::info!("watching {kind}s recovered");
+                    }
+                    match &ev {
+                        watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
+                            let k = key_of(o);
+                            changes.record(|c| {
+                                c.names.insert(k);
+                            });
+                        }
+                        watcher::Event::Init | watcher::Event::InitApply(_) => {}
+                        watcher::Event::InitDone => changes.record(|c| c.all = true),
+                    }
+                    changed.notify_one();
+                }
                 Err(e) => {
                     metrics.error("api_watch");
-                    tracing::warn!(error = %e, "watching Nodes failed; keeping the last known state and retrying");
+                    let text = e.to_string();
+                    if last_error.as_deref() != Some(&text) {
+                        tracing::warn!(error = %text, "watching {kind}s failed; keeping the last known state and retrying");
+                        last_error = Some(text);
+                    }
                 }
             }
         }
     });
     reader
+}
+
+/// Start watching Nodes (see [`watch`]).
+pub fn watch_nodes(client: Client, changed: Arc<Notify>, changes: Changes, metrics: Arc<Metrics>) -> Store<Node> {
+    watch(Api::all(client), watcher::Config::default(), changed, changes, metrics)
 }
 
 /// Does `node` already carry these annotations?

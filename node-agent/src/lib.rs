@@ -26,5 +26,6 @@ pub mod node;
 pub mod peers;
 pub mod plan;
 pub mod reconcile;
+pub mod runloop;
 pub mod uapi;
 pub mod wg;

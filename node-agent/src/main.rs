@@ -1,7 +1,6 @@
 //! `weft-agent`: run the node agent, or `weft-agent cleanup`.
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,12 +94,34 @@ struct Opts {
     /// Chain the `portmap` plugin after weft in the conflist.
     #[arg(long, env = "WEFT_CHAIN_PORTMAP", default_value_t = true, action = clap::ArgAction::Set, global = true)]
     chain_portmap: bool,
-    /// Address of /healthz, /livez and /metrics.
-    #[arg(long, env = "WEFT_METRICS_ADDR", default_value = "0.0.0.0:10256", global = true)]
-    metrics_addr: SocketAddr,
+    /// /healthz and /livez (kube-proxy's flag): IP:PORT, or an IP (port 10256); "" or 0: off.
+    #[arg(
+        long,
+        env = "WEFT_HEALTHZ_BIND_ADDRESS",
+        default_value = "0.0.0.0:10256",
+        global = true
+    )]
+    healthz_bind_address: String,
+    /// /metrics (kube-proxy's flag): IP:PORT, or an IP (port 10249); "" or 0: off.
+    #[arg(
+        long,
+        env = "WEFT_METRICS_BIND_ADDRESS",
+        default_value = "127.0.0.1:10249",
+        global = true
+    )]
+    metrics_bind_address: String,
+    /// Move other CNI configs in the conf dir aside (into weft-moved/) so
+    /// weft's is used; `cleanup` restores them.
+    #[arg(long, env = "WEFT_CNI_EXCLUSIVE", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    cni_exclusive: bool,
     /// Full reconcile at least this often (seconds).
     #[arg(long, env = "WEFT_RESYNC_SECONDS", default_value_t = 30, global = true)]
     resync_seconds: u64,
+    /// Drop traffic to other nodes' pod CIDRs that would leave this node
+    /// outside the WireGuard tunnel (a moved route, the device down), so pod
+    /// traffic never crosses the underlay in clear text.
+    #[arg(long, env = "WEFT_STRICT", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    strict: bool,
 }
 
 impl Opts {
@@ -138,8 +159,15 @@ impl Opts {
             cni_log_file: self.cni_log_file.clone(),
             bridge: self.bridge.clone(),
             chain_portmap: self.chain_portmap,
-            metrics_addr: self.metrics_addr,
+            healthz_addr: http::parse_bind(&self.healthz_bind_address, http::HEALTHZ_PORT)
+                .map_err(anyhow::Error::msg)
+                .context("--healthz-bind-address")?,
+            metrics_addr: http::parse_bind(&self.metrics_bind_address, http::METRICS_PORT)
+                .map_err(anyhow::Error::msg)
+                .context("--metrics-bind-address")?,
+            cni_exclusive: self.cni_exclusive,
             resync: Duration::from_secs(self.resync_seconds.max(1)),
+            strict: self.strict,
         })
     }
 }
@@ -193,16 +221,22 @@ async fn run(settings: Settings, kubeconfig: Option<PathBuf>) -> Result<()> {
         "weft-agent starting"
     );
     let metrics = Arc::new(Metrics::default());
-    let bound = http::serve(settings.metrics_addr, metrics.clone(), settings.resync * 3)
-        .await
-        .with_context(|| format!("listen on {}", settings.metrics_addr))?;
-    tracing::info!(addr = %bound, "serving /healthz /livez /metrics");
+    let bound = http::serve(
+        settings.healthz_addr,
+        settings.metrics_addr,
+        metrics.clone(),
+        settings.resync * 3,
+    )
+    .await?;
+    tracing::info!(healthz = ?bound.healthz, metrics = ?bound.metrics, "serving health and metrics");
     let client = kube::client(kubeconfig.as_deref()).await.context("Kubernetes client")?;
     let changed = Arc::new(Notify::new());
-    let store = kube::watch_nodes(client.clone(), changed.clone(), metrics.clone());
+    let changes = kube::Changes::default();
+    let store = kube::watch_nodes(client.clone(), changed.clone(), changes.clone(), metrics.clone());
     let net = Net::here().context("netlink")?;
-    let agent = Agent::new(settings, key, client, net, metrics);
-    reconcile::run(agent, store, changed, shutdown()).await;
+    let agent = Agent::new(settings, key, client, net, metrics.clone(), store, changes);
+    weft_agent::wg::watch_userspace(&agent.settings, changed.clone(), agent.force_full(), metrics);
+    reconcile::run(agent, changed, shutdown()).await;
     Ok(())
 }
 

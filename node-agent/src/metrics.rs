@@ -1,10 +1,20 @@
 //! The agent's Prometheus metrics, kept in one struct and rendered in the
 //! text exposition format (version 0.0.4).
+//!
+//! WireGuard peer numbers (bytes, last handshake) are read from the device
+//! when scraped ([`Metrics::render_now`]), never copied from the last pass.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
+
+use crate::key::PublicKey;
+use crate::wg::Device;
+
+/// How long a scrape waits for the WireGuard device before it renders
+/// without peer numbers.
+const DEVICE_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Upper bounds (seconds) of the reconcile duration histogram.
 const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
@@ -18,13 +28,35 @@ pub struct PeerStat {
     pub tx_bytes: u64,
 }
 
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, secs: f64) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.buckets[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += secs;
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     peers: BTreeMap<String, PeerStat>,
-    durations: [u64; BUCKETS.len()],
-    duration_count: u64,
-    duration_sum: f64,
+    /// The device and which node each key stands for, read at scrape time.
+    device: Option<(Device, BTreeMap<PublicKey, String>)>,
+    /// Reconcile durations by loop.
+    loops: BTreeMap<&'static str, Histogram>,
     errors: BTreeMap<String, u64>,
+    /// Things the agent owns that someone else changed and it put back, by kind.
+    repaired: BTreeMap<String, u64>,
     problems_total: BTreeMap<String, u64>,
     problems_now: BTreeMap<String, u64>,
     ready: bool,
@@ -42,20 +74,24 @@ impl Metrics {
         f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    pub fn observe_reconcile(&self, took: Duration, ok: bool) {
-        let secs = took.as_secs_f64();
+    /// One pass of loop `name`. Health follows the mesh loop.
+    pub fn observe_loop(&self, name: &'static str, took: Duration, ok: bool) {
         self.with(|m| {
-            for (i, b) in BUCKETS.iter().enumerate() {
-                if secs <= *b {
-                    m.durations[i] += 1;
-                }
-            }
-            m.duration_count += 1;
-            m.duration_sum += secs;
-            if ok {
+            m.loops.entry(name).or_default().observe(took.as_secs_f64());
+            if ok && name == "mesh" {
                 m.last_success = Some(Instant::now());
             }
         });
+    }
+
+    /// Something the agent owns was changed by someone else and put back.
+    pub fn repaired(&self, kind: &str) {
+        self.with(|m| *m.repaired.entry(kind.to_string()).or_default() += 1);
+    }
+
+    /// The device whose peers `/metrics` reports, and the node of each key.
+    pub fn set_device(&self, device: Device, nodes: BTreeMap<PublicKey, String>) {
+        self.with(|m| m.device = Some((device, nodes)));
     }
 
     pub fn error(&self, kind: &str) {
@@ -89,9 +125,60 @@ impl Metrics {
         self.with(|m| m.ready && m.last_success.is_some_and(|t| t.elapsed() <= within))
     }
 
+    /// The metrics as they are now (peer numbers as of the last
+    /// [`Metrics::set_peers`]).
     pub fn render(&self) -> String {
         self.with(|m| render(m, SystemTime::now()))
     }
+
+    /// The metrics with peer numbers read from the device now.
+    pub async fn render_now(&self) -> String {
+        let Some((device, nodes)) = self.with(|m| m.device.clone()) else {
+            return self.render();
+        };
+        match tokio::time::timeout(DEVICE_READ_TIMEOUT, device.get()).await {
+            Ok(Ok(state)) => {
+                let stats = peer_stats(state.peers, &nodes);
+                self.with(|m| {
+                    m.peers = stats;
+                    m.backend = device.kind();
+                    render(m, SystemTime::now())
+                })
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "read WireGuard device for /metrics");
+                self.error("metrics_device_read");
+                self.render()
+            }
+            Err(_) => {
+                self.error("metrics_device_read");
+                self.render()
+            }
+        }
+    }
+}
+
+/// Peer numbers by node name (the key itself when no node claims it).
+pub fn peer_stats(
+    peers: Vec<crate::peers::PeerState>,
+    nodes: &BTreeMap<PublicKey, String>,
+) -> BTreeMap<String, PeerStat> {
+    peers
+        .into_iter()
+        .filter_map(|p| {
+            let key = p.key?;
+            let node = nodes.get(&key).cloned().unwrap_or_else(|| key.to_base64());
+            Some((
+                node,
+                PeerStat {
+                    public_key: key.to_base64(),
+                    last_handshake: p.last_handshake,
+                    rx_bytes: p.rx_bytes,
+                    tx_bytes: p.tx_bytes,
+                },
+            ))
+        })
+        .collect()
 }
 
 fn esc(v: &str) -> String {
@@ -143,6 +230,25 @@ fn render(m: &Inner, now: SystemTime) -> String {
             esc(&p.public_key)
         );
     }
+    header(
+        &mut s,
+        "weft_agent_wireguard_peer_last_handshake_timestamp_seconds",
+        "gauge",
+        "Unix time of the last handshake with a peer (0: never).",
+    );
+    for (node, p) in &m.peers {
+        let ts = p
+            .last_handshake
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let _ = writeln!(
+            s,
+            "weft_agent_wireguard_peer_last_handshake_timestamp_seconds{{node=\"{}\",public_key=\"{}\"}} {ts}",
+            esc(node),
+            esc(&p.public_key)
+        );
+    }
     for (name, help, get) in [
         (
             "receive",
@@ -161,22 +267,41 @@ fn render(m: &Inner, now: SystemTime) -> String {
         &mut s,
         "weft_agent_reconcile_duration_seconds",
         "histogram",
-        "Time of one reconcile pass.",
+        "Time of one reconcile pass, by loop.",
     );
-    for (i, b) in BUCKETS.iter().enumerate() {
+    for (name, h) in &m.loops {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "weft_agent_reconcile_duration_seconds_bucket{{loop=\"{name}\",le=\"{b}\"}} {}",
+                h.buckets[i]
+            );
+        }
         let _ = writeln!(
             s,
-            "weft_agent_reconcile_duration_seconds_bucket{{le=\"{b}\"}} {}",
-            m.durations[i]
+            "weft_agent_reconcile_duration_seconds_bucket{{loop=\"{name}\",le=\"+Inf\"}} {}",
+            h.count
+        );
+        let _ = writeln!(
+            s,
+            "weft_agent_reconcile_duration_seconds_sum{{loop=\"{name}\"}} {}",
+            h.sum
+        );
+        let _ = writeln!(
+            s,
+            "weft_agent_reconcile_duration_seconds_count{{loop=\"{name}\"}} {}",
+            h.count
         );
     }
-    let _ = writeln!(
-        s,
-        "weft_agent_reconcile_duration_seconds_bucket{{le=\"+Inf\"}} {}",
-        m.duration_count
+    header(
+        &mut s,
+        "weft_agent_repairs_total",
+        "counter",
+        "Things weft owns (routes, addresses, peers, nftables objects, the userspace WireGuard) that were changed or removed by someone else and put back, by kind.",
     );
-    let _ = writeln!(s, "weft_agent_reconcile_duration_seconds_sum {}", m.duration_sum);
-    let _ = writeln!(s, "weft_agent_reconcile_duration_seconds_count {}", m.duration_count);
+    for (k, v) in &m.repaired {
+        let _ = writeln!(s, "weft_agent_repairs_total{{kind=\"{}\"}} {v}", esc(k));
+    }
     header(
         &mut s,
         "weft_agent_reconcile_errors_total",
@@ -214,7 +339,8 @@ mod tests {
     #[test]
     fn renders_every_family() {
         let m = Metrics::default();
-        m.observe_reconcile(Duration::from_millis(30), true);
+        m.observe_loop("mesh", Duration::from_millis(30), true);
+        m.repaired("route");
         m.error("api_patch");
         let now: BTreeMap<String, u64> = [("bad_key".to_string(), 1)].into();
         m.problems(&now, &["bad_key"]);
@@ -236,9 +362,11 @@ mod tests {
             "weft_agent_wireguard_peer_last_handshake_age_seconds{node=\"node-2\",public_key=\"k\"} +Inf",
             "weft_agent_wireguard_peer_receive_bytes_total{node=\"node-2\"} 7",
             "weft_agent_wireguard_peer_transmit_bytes_total{node=\"node-2\"} 9",
-            "weft_agent_reconcile_duration_seconds_bucket{le=\"0.025\"} 0",
-            "weft_agent_reconcile_duration_seconds_bucket{le=\"0.05\"} 1",
-            "weft_agent_reconcile_duration_seconds_count 1",
+            "weft_agent_reconcile_duration_seconds_bucket{loop=\"mesh\",le=\"0.025\"} 0",
+            "weft_agent_reconcile_duration_seconds_bucket{loop=\"mesh\",le=\"0.05\"} 1",
+            "weft_agent_reconcile_duration_seconds_count{loop=\"mesh\"} 1",
+            "weft_agent_wireguard_peer_last_handshake_timestamp_seconds{node=\"node-2\",public_key=\"k\"} 0",
+            "weft_agent_repairs_total{kind=\"route\"} 1",
             "weft_agent_reconcile_errors_total{kind=\"api_patch\"} 1",
             "weft_agent_node_problems_total{kind=\"bad_key\"} 1",
             "weft_agent_wireguard_info{backend=\"userspace\"} 1",

@@ -1,29 +1,32 @@
-//! nftables for the mesh: masquerade pods' traffic to destinations outside
-//! the cluster, and clamp the TCP MSS of connections through the tunnel.
+//! nftables for the mesh, through weft's netlink engine ([`weft_nft`]; no
+//! `nft` process): masquerade pods' traffic to destinations outside the
+//! cluster, clamp the TCP MSS of connections through the tunnel, and (strict
+//! mode) drop traffic to other nodes' pod CIDRs that would leave the node
+//! outside the tunnel.
 //!
-//! Everything lives in table `inet weft`, in chains and sets whose names
-//! start with `mesh-`; other chains of that table (Service rules) and every
-//! other table are never touched. The whole change is one `nft -f -` batch,
-//! which the kernel applies atomically. The batch carries a hash of the
-//! wanted state in a rule comment, so a restarted agent sees "up to date"
-//! without parsing nft's output.
+//! The mesh owns table `inet weft` whole; Services get tables of their own,
+//! so neither loop's repairs can touch the other's rules, and no other table
+//! is ever touched. The desired table is a value ([`table`]); the engine
+//! diffs it against what it last committed and sends only the difference in
+//! one atomic batch. Drift: before each pass the engine asks the kernel for
+//! the ruleset generation; when someone else committed since our last commit
+//! (or every `verify_every` passes) it dumps our table, compares it with the
+//! desired one and repairs only the difference.
 
-use std::fmt::Write as _;
-use std::process::Stdio;
+use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
+use weft_nft::build::*;
+use weft_nft::{prio, Chain, ChainKind, Engine, Family, Hook, Policy, Rule, Set, Table};
 
 pub const TABLE: &str = "weft";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
-    #[error("run nft: {0}")]
-    Spawn(#[source] std::io::Error),
-    #[error("nft {what} failed: {stderr}")]
-    Failed { what: &'static str, stderr: String },
+    #[error(transparent)]
+    Engine(#[from] weft_nft::Error),
+    #[error("nftables worker thread: {0}")]
+    Join(String),
 }
 
 /// What the mesh's rules depend on.
@@ -32,182 +35,269 @@ pub struct MeshRules<'a> {
     pub wg_iface: &'a str,
     pub pod_cidrs: &'a [IpNetwork],
     pub cluster_cidrs: &'a [IpNetwork],
+    /// Other nodes' pod CIDRs: reachable only through the tunnel.
+    pub remote_pod_cidrs: &'a [IpNetwork],
+    /// Drop traffic to `remote_pod_cidrs` that leaves through another device.
+    pub strict: bool,
 }
 
-fn elements(cidrs: &[IpNetwork], v4: bool) -> Vec<String> {
-    cidrs
-        .iter()
-        .filter(|c| c.is_ipv4() == v4)
-        .map(ToString::to_string)
-        .collect()
+fn fill(t: &mut Table, name: &str, v6: bool, cidrs: &[IpNetwork]) {
+    let s = t.set(Set::cidrs(name, v6));
+    for c in cidrs.iter().filter(|c| c.is_ipv6() == v6) {
+        s.insert_cidr(IpNetwork::new(c.network(), c.prefix()).expect("network of a valid CIDR"));
+    }
 }
 
-/// The rule lines (without the state marker).
-fn body(r: &MeshRules) -> String {
-    let mut s = String::new();
-    for (fam, v4, ty) in [("v4", true, "ipv4_addr"), ("v6", false, "ipv6_addr")] {
-        for (set, cidrs) in [("pods", r.pod_cidrs), ("cluster", r.cluster_cidrs)] {
-            let name = format!("mesh-{set}-{fam}");
-            let _ = writeln!(s, "add set inet {TABLE} {name} {{ type {ty}; flags interval; }}");
-            let _ = writeln!(s, "flush set inet {TABLE} {name}");
-            let els = elements(cidrs, v4);
-            if !els.is_empty() {
-                let _ = writeln!(s, "add element inet {TABLE} {name} {{ {} }}", els.join(", "));
-            }
+/// The mesh's table as a value:
+///
+/// ```text
+/// table inet weft {
+///   set mesh-pods-v4 { type ipv4_addr; flags interval; elements = { <own pod CIDR> } }
+///   set mesh-cluster-v4 { … }  set mesh-remote-v4 { … }  (and -v6)
+///   chain mesh-postrouting { type nat hook postrouting priority srcnat; policy accept;
+///     ip saddr @mesh-pods-v4 ip daddr != @mesh-cluster-v4 masquerade
+///     ip6 saddr @mesh-pods-v6 ip6 daddr != @mesh-cluster-v6 masquerade }
+///   chain mesh-forward { type filter hook forward priority mangle; policy accept;
+///     jump mesh-strict
+///     oifname "weft-wg" tcp flags syn / syn,rst tcp option maxseg size set rt mtu
+///     iifname "weft-wg" tcp flags syn / syn,rst tcp option maxseg size set rt mtu }
+///   chain mesh-output { type filter hook output priority mangle; policy accept; jump mesh-strict }
+///   chain mesh-strict {
+///     ip daddr @mesh-remote-v4 meta oifname != "weft-wg" counter drop
+///     ip6 daddr @mesh-remote-v6 meta oifname != "weft-wg" counter drop }
+/// }
+/// ```
+pub fn table(r: &MeshRules) -> Table {
+    let mut t = Table::new(Family::Inet, TABLE);
+    for (v6, fam) in [(false, "v4"), (true, "v6")] {
+        fill(&mut t, &format!("mesh-pods-{fam}"), v6, r.pod_cidrs);
+        fill(&mut t, &format!("mesh-cluster-{fam}"), v6, r.cluster_cidrs);
+        if r.strict {
+            fill(&mut t, &format!("mesh-remote-{fam}"), v6, r.remote_pod_cidrs);
         }
     }
-    let _ = writeln!(
-        s,
-        "add chain inet {TABLE} mesh-postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}"
-    );
-    let _ = writeln!(
-        s,
-        "add chain inet {TABLE} mesh-forward {{ type filter hook forward priority mangle; policy accept; }}"
-    );
-    let _ = writeln!(s, "flush chain inet {TABLE} mesh-postrouting");
-    let _ = writeln!(s, "flush chain inet {TABLE} mesh-forward");
     // Pods → outside the cluster: masquerade to the node's address. Pod → pod
     // and pod → anything in the cluster CIDRs keeps the pod's address.
-    for (ip, fam) in [("ip", "v4"), ("ip6", "v6")] {
-        let _ = writeln!(
-            s,
-            "add rule inet {TABLE} mesh-postrouting {ip} saddr @mesh-pods-{fam} {ip} daddr != @mesh-cluster-{fam} masquerade"
-        );
+    let post = t.chain(Chain::base(
+        "mesh-postrouting",
+        ChainKind::Nat,
+        Hook::Postrouting,
+        prio::SRCNAT,
+        Policy::Accept,
+    ));
+    post.rule(Rule::of([
+        nfproto_ipv4(),
+        ip_saddr_in("mesh-pods-v4"),
+        ip_daddr_not_in("mesh-cluster-v4"),
+        masquerade(),
+    ]));
+    post.rule(Rule::of([
+        nfproto_ipv6(),
+        ip6_saddr_in("mesh-pods-v6"),
+        ip6_daddr_not_in("mesh-cluster-v6"),
+        masquerade(),
+    ]));
+    let fwd = t.chain(Chain::base(
+        "mesh-forward",
+        ChainKind::Filter,
+        Hook::Forward,
+        prio::MANGLE,
+        Policy::Accept,
+    ));
+    if r.strict {
+        fwd.rule(Rule::of([jump("mesh-strict")]));
     }
     // TCP through the tunnel: MSS from the route's MTU, so a peer with a
     // larger MTU (or a host socket that missed the device MTU) cannot send
     // segments that only ICMP "too big" could save.
-    for dir in ["oifname", "iifname"] {
-        let _ = writeln!(
-            s,
-            "add rule inet {TABLE} mesh-forward {dir} \"{}\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu",
-            r.wg_iface
+    for dir in [oifname_eq(r.wg_iface), iifname_eq(r.wg_iface)] {
+        fwd.rule(Rule::of([dir, tcp_flags_syn(), tcp_mss_clamp_rt_mtu()]));
+    }
+    if r.strict {
+        // Forwarded pod traffic and the node's own (hostNetwork pods) alike:
+        // another node's pod CIDR is reached through the tunnel or not at
+        // all, whatever the routing table says.
+        t.chain(Chain::base(
+            "mesh-output",
+            ChainKind::Filter,
+            Hook::Output,
+            prio::MANGLE,
+            Policy::Accept,
+        ))
+        .rule(Rule::of([jump("mesh-strict")]));
+        let strict = t.chain(Chain::regular("mesh-strict"));
+        strict.rule(
+            Rule::of([
+                nfproto_ipv4(),
+                ip_daddr_in("mesh-remote-v4"),
+                field_neq(Field::OifName, weft_nft::key::ifname(r.wg_iface)),
+                counter(),
+                drop(),
+            ])
+            .comment("another node's pods only through the tunnel"),
+        );
+        strict.rule(
+            Rule::of([
+                nfproto_ipv6(),
+                ip6_daddr_in("mesh-remote-v6"),
+                field_neq(Field::OifName, weft_nft::key::ifname(r.wg_iface)),
+                counter(),
+                drop(),
+            ])
+            .comment("another node's pods only through the tunnel"),
         );
     }
-    s
+    t
 }
 
-/// A short hash of the wanted state.
-pub fn state_hash(r: &MeshRules) -> String {
-    let d = Sha256::digest(body(r).as_bytes());
-    hex::encode(&d[..8])
+/// What one [`MeshNft::apply`] did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The change list (empty: up to date).
+    pub changes: Vec<String>,
+    /// Someone else changed our table and it was put back.
+    pub repaired: bool,
 }
 
-fn marker(hash: &str) -> String {
-    format!("weft-mesh {hash}")
+/// The mesh's engine: one netlink socket, opened on first use in the
+/// agent's netns and kept for the life of the process.
+#[derive(Default)]
+pub struct MeshNft {
+    engine: Option<Engine>,
+    passes: u64,
 }
 
-/// The whole batch: the table (created if missing), our sets and chains
-/// re-filled, and the state marker.
-pub fn render(r: &MeshRules) -> String {
-    let mut s = format!("add table inet {TABLE}\n");
-    s.push_str(&body(r));
-    let _ = writeln!(
-        s,
-        "insert rule inet {TABLE} mesh-forward counter comment \"{}\"",
-        marker(&state_hash(r))
-    );
-    s
-}
+/// Verify against the kernel at least every this many passes even when the
+/// generation did not move (cheap: the mesh table is a few dozen objects).
+const VERIFY_EVERY: u64 = 10;
 
-async fn nft(args: &[&str], stdin: Option<&str>, what: &'static str) -> Result<String, NftError> {
-    let mut child = Command::new("nft")
-        .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(NftError::Spawn)?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes()).await.map_err(NftError::Spawn)?;
+impl MeshNft {
+    /// Make the kernel's `inet weft` equal `desired`: an incremental apply,
+    /// or a verify-and-repair when someone else committed since our last
+    /// commit, on the first pass of a process (adopting what a previous one
+    /// left, without a flush), and every [`VERIFY_EVERY`] passes.
+    pub async fn apply(&mut self, desired: Table) -> Result<Outcome, NftError> {
+        let engine = self.engine.take();
+        self.passes += 1;
+        let periodic = self.passes.is_multiple_of(VERIFY_EVERY);
+        let (engine, result) = tokio::task::spawn_blocking(move || {
+            let mut engine = match engine {
+                Some(e) => e,
+                None => match Engine::new() {
+                    Ok(e) => e,
+                    Err(e) => return (None, Err(e)),
+                },
+            };
+            let r = sync(&mut engine, &desired, periodic);
+            (Some(engine), r)
+        })
+        .await
+        .map_err(|e| NftError::Join(e.to_string()))?;
+        self.engine = engine;
+        Ok(result?)
     }
-    let out = child.wait_with_output().await.map_err(NftError::Spawn)?;
-    if !out.status.success() {
-        return Err(NftError::Failed {
-            what,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Apply the rules unless the kernel already has exactly them; returns
-/// whether anything changed.
-pub async fn apply(r: &MeshRules<'_>) -> Result<bool, NftError> {
-    let want = marker(&state_hash(r));
-    // `nft list chain inet weft mesh-forward`; missing table/chain = not applied.
-    if let Ok(text) = nft(&["list", "chain", "inet", TABLE, "mesh-forward"], None, "list").await {
-        if text.contains(&want) {
-            return Ok(false);
+fn sync(e: &mut Engine, desired: &Table, periodic: bool) -> Result<Outcome, weft_nft::Error> {
+    let first = e.committed(desired.family, &desired.name).is_none();
+    if first || periodic || e.changed_since_commit()? {
+        if first {
+            e.adopt(desired.family, &desired.name)?;
         }
+        let had = e.committed(desired.family, &desired.name).is_some();
+        let drift = e.verify(desired)?;
+        let mut out = Outcome::default();
+        if drift {
+            // A first pass that finds nothing (a new node) creates; one that
+            // finds a different table adopts a previous process's work.
+            let what = if !had {
+                "created"
+            } else if first {
+                "adopted and updated"
+            } else {
+                "repaired"
+            };
+            out.repaired = had && !first;
+            out.changes.push(format!("nft table inet {}: {what}", desired.name));
+        }
+        return Ok(out);
     }
-    nft(&["-f", "-"], Some(&render(r)), "apply batch").await?;
-    Ok(true)
+    let stats = e.apply(desired)?;
+    Ok(Outcome {
+        changes: stats.changes,
+        repaired: false,
+    })
 }
 
 /// `nft delete table inet weft`; a missing table is fine.
 pub async fn delete_table() -> Result<bool, NftError> {
-    match nft(&["delete", "table", "inet", TABLE], None, "delete table").await {
-        Ok(_) => Ok(true),
-        Err(NftError::Failed { stderr, .. }) if stderr.contains("No such file or directory") => Ok(false),
-        Err(e) => Err(e),
-    }
+    tokio::task::spawn_blocking(|| {
+        let mut e = Engine::new()?;
+        Ok(e.delete_table(Family::Inet, TABLE)?)
+    })
+    .await
+    .map_err(|e| NftError::Join(e.to_string()))?
+}
+
+/// Is `ip` inside one of `cidrs`?
+pub fn covered(ip: IpAddr, cidrs: &[IpNetwork]) -> bool {
+    cidrs.iter().any(|c| c.contains(ip))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn nets(v: &[&str]) -> Vec<IpNetwork> {
+        v.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
     #[test]
-    fn golden() {
-        let pods = ["10.244.1.0/24".parse().unwrap(), "fd00:10:244:1::/64".parse().unwrap()];
-        let cluster = ["10.244.0.0/16".parse().unwrap()];
+    fn the_mesh_table_renders_as_nft_would_list_it() {
+        let pods = nets(&["10.244.1.0/24", "fd00:10:244:1::/64"]);
+        let cluster = nets(&["10.244.0.0/16"]);
+        let remote = nets(&["10.244.2.0/24", "fd00:10:244:2::/64"]);
         let r = MeshRules {
             wg_iface: "weft-wg",
             pod_cidrs: &pods,
             cluster_cidrs: &cluster,
+            remote_pod_cidrs: &remote,
+            strict: true,
         };
-        let text = render(&r);
-        let want = format!(
-            "add table inet weft
-add set inet weft mesh-pods-v4 {{ type ipv4_addr; flags interval; }}
-flush set inet weft mesh-pods-v4
-add element inet weft mesh-pods-v4 {{ 10.244.1.0/24 }}
-add set inet weft mesh-cluster-v4 {{ type ipv4_addr; flags interval; }}
-flush set inet weft mesh-cluster-v4
-add element inet weft mesh-cluster-v4 {{ 10.244.0.0/16 }}
-add set inet weft mesh-pods-v6 {{ type ipv6_addr; flags interval; }}
-flush set inet weft mesh-pods-v6
-add element inet weft mesh-pods-v6 {{ fd00:10:244:1::/64 }}
-add set inet weft mesh-cluster-v6 {{ type ipv6_addr; flags interval; }}
-flush set inet weft mesh-cluster-v6
-add chain inet weft mesh-postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
-add chain inet weft mesh-forward {{ type filter hook forward priority mangle; policy accept; }}
-flush chain inet weft mesh-postrouting
-flush chain inet weft mesh-forward
-add rule inet weft mesh-postrouting ip saddr @mesh-pods-v4 ip daddr != @mesh-cluster-v4 masquerade
-add rule inet weft mesh-postrouting ip6 saddr @mesh-pods-v6 ip6 daddr != @mesh-cluster-v6 masquerade
-add rule inet weft mesh-forward oifname \"weft-wg\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu
-add rule inet weft mesh-forward iifname \"weft-wg\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu
-insert rule inet weft mesh-forward counter comment \"weft-mesh {}\"
-",
-            state_hash(&r)
+        let t = table(&r);
+        t.validate().unwrap();
+        let rules: Vec<String> = t
+            .chains
+            .values()
+            .flat_map(|c| c.rules.iter().map(move |r| format!("{}: {r}", c.name)))
+            .collect();
+        let want = [
+            "mesh-forward: jump mesh-strict",
+            "mesh-forward: meta oifname \"weft-wg\" meta l4proto tcp tcp flags & 0x06 0x02 tcp option maxseg size set rt mtu",
+            "mesh-forward: meta iifname \"weft-wg\" meta l4proto tcp tcp flags & 0x06 0x02 tcp option maxseg size set rt mtu",
+            "mesh-output: jump mesh-strict",
+            "mesh-postrouting: meta nfproto ipv4 ip saddr @mesh-pods-v4 ip daddr != @mesh-cluster-v4 masquerade",
+            "mesh-postrouting: meta nfproto ipv6 ip6 saddr @mesh-pods-v6 ip6 daddr != @mesh-cluster-v6 masquerade",
+            "mesh-strict: meta nfproto ipv4 ip daddr @mesh-remote-v4 meta oifname != \"weft-wg\" counter drop comment \"another node's pods only through the tunnel\"",
+            "mesh-strict: meta nfproto ipv6 ip6 daddr @mesh-remote-v6 meta oifname != \"weft-wg\" counter drop comment \"another node's pods only through the tunnel\"",
+        ];
+        assert_eq!(rules, want);
+        let sizes: Vec<(String, usize)> = t.sets.values().map(|s| (s.name.clone(), s.elements.len())).collect();
+        assert_eq!(
+            sizes,
+            [
+                ("mesh-cluster-v4".to_string(), 1),
+                ("mesh-cluster-v6".to_string(), 0),
+                ("mesh-pods-v4".to_string(), 1),
+                ("mesh-pods-v6".to_string(), 1),
+                ("mesh-remote-v4".to_string(), 1),
+                ("mesh-remote-v6".to_string(), 1),
+            ]
         );
-        assert_eq!(text, want);
-    }
-
-    #[test]
-    fn hash_follows_content() {
-        let a: Vec<IpNetwork> = vec!["10.244.1.0/24".parse().unwrap()];
-        let b: Vec<IpNetwork> = vec!["10.244.2.0/24".parse().unwrap()];
-        let hash = |p: &[IpNetwork]| {
-            state_hash(&MeshRules {
-                wg_iface: "weft-wg",
-                pod_cidrs: p,
-                cluster_cidrs: p,
-            })
-        };
-        assert_ne!(hash(&a), hash(&b));
-        assert_eq!(hash(&a), hash(&a));
+        // Without strict mode: no strict chains or remote sets.
+        let loose = table(&MeshRules { strict: false, ..r });
+        assert!(!loose.chains.contains_key("mesh-strict"));
+        assert!(!loose.sets.contains_key("mesh-remote-v4"));
+        loose.validate().unwrap();
     }
 }

@@ -35,9 +35,11 @@ pub enum Problem {
     BadPodCidr { node: String, value: String },
     #[error("node {node}: no InternalIP in status.addresses")]
     NoInternalIp { node: String },
+    #[error("node {node}: InternalIP {value:?} is not a usable unicast address; ignored")]
+    BadInternalIp { node: String, value: String },
     #[error("node {node}: annotation {KEY_ANNOTATION} is not a WireGuard public key: {reason}")]
     BadKey { node: String, reason: String },
-    #[error("node {node}: annotation {ENDPOINT_ANNOTATION} {value:?} is not IP:port")]
+    #[error("node {node}: annotation {ENDPOINT_ANNOTATION} {value:?} is not IP:port with a usable unicast IP and a non-zero port")]
     BadEndpoint { node: String, value: String },
     #[error("node {node}: publishes the same WireGuard key as node {other}; ignored")]
     DuplicateKey { node: String, other: String },
@@ -49,6 +51,7 @@ impl Problem {
             Problem::NoPodCidrs { .. } => "no_pod_cidrs",
             Problem::BadPodCidr { .. } => "bad_pod_cidr",
             Problem::NoInternalIp { .. } => "no_internal_ip",
+            Problem::BadInternalIp { .. } => "bad_internal_ip",
             Problem::BadKey { .. } => "bad_key",
             Problem::BadEndpoint { .. } => "bad_endpoint",
             Problem::DuplicateKey { .. } => "duplicate_key",
@@ -70,15 +73,23 @@ impl NodeView {
         if raw_cidrs.is_empty() {
             problems.push(Problem::NoPodCidrs { node: name.clone() });
         }
-        let internal_ips: Vec<IpAddr> = node
+        let mut internal_ips: Vec<IpAddr> = Vec::new();
+        let raw_ips = node
             .status
             .as_ref()
             .and_then(|s| s.addresses.as_ref())
             .into_iter()
             .flatten()
-            .filter(|a| a.type_ == "InternalIP")
-            .filter_map(|a| a.address.parse().ok())
-            .collect();
+            .filter(|a| a.type_ == "InternalIP");
+        for a in raw_ips {
+            match a.address.trim().parse::<IpAddr>() {
+                Ok(ip) if usable(ip) => internal_ips.push(ip),
+                _ => problems.push(Problem::BadInternalIp {
+                    node: name.clone(),
+                    value: a.address.clone(),
+                }),
+            }
+        }
         if internal_ips.is_empty() {
             problems.push(Problem::NoInternalIp { node: name.clone() });
         }
@@ -96,7 +107,8 @@ impl NodeView {
                 }
             });
         let endpoint = ann.and_then(|a| a.get(ENDPOINT_ANNOTATION)).and_then(|v| {
-            v.trim().parse::<SocketAddr>().ok().or_else(|| {
+            let parsed = v.trim().parse::<SocketAddr>().ok();
+            parsed.filter(|e| usable(e.ip()) && e.port() != 0).or_else(|| {
                 problems.push(Problem::BadEndpoint {
                     node: name.clone(),
                     value: v.clone(),
@@ -120,6 +132,27 @@ impl NodeView {
             .find(|ip| ip.is_ipv4())
             .or(self.internal_ips.first())
             .copied()
+    }
+}
+
+/// Can peers send WireGuard packets to `ip`? Not the unspecified address,
+/// loopback, multicast, broadcast, link-local (it needs a scope a Node
+/// address cannot carry) or documentation-only addresses.
+pub fn usable(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v) => {
+            !(v.is_unspecified()
+                || v.is_loopback()
+                || v.is_multicast()
+                || v.is_broadcast()
+                || v.is_link_local()
+                || v.octets()[0] == 0)
+        }
+        IpAddr::V6(v) => {
+            let link_local = v.segments()[0] & 0xffc0 == 0xfe80;
+            let v4_mapped = v.to_ipv4_mapped().is_some();
+            !(v.is_unspecified() || v.is_loopback() || v.is_multicast() || link_local || v4_mapped)
+        }
     }
 }
 
@@ -215,6 +248,57 @@ pub(crate) mod tests {
         n.spec.as_mut().unwrap().pod_cidr = Some("10.244.9.0/24".into());
         let v = NodeView::from_node(&n, &mut Vec::new());
         assert_eq!(v.pod_cidrs[0].to_string(), "10.244.9.0/24");
+    }
+
+    #[test]
+    fn unusable_internal_ips_are_problems_and_a_usable_one_beside_them_is_used() {
+        let n: Node = serde_json::from_value(json!({
+            "metadata": {"name": "n1"},
+            "spec": {"podCIDRs": ["10.244.1.0/24"]},
+            "status": {"addresses": [
+                {"type": "InternalIP", "address": "0.0.0.0"},
+                {"type": "InternalIP", "address": "127.0.0.1"},
+                {"type": "InternalIP", "address": "fe80::1"},
+                {"type": "InternalIP", "address": "not-an-ip"},
+                {"type": "InternalIP", "address": "fd00:172:30::11"},
+            ]}
+        }))
+        .unwrap();
+        let mut p = Vec::new();
+        let v = NodeView::from_node(&n, &mut p);
+        let kinds: Vec<_> = p.iter().map(Problem::kind).collect();
+        assert_eq!(kinds, ["bad_internal_ip"; 4]);
+        assert_eq!(v.primary_ip().unwrap().to_string(), "fd00:172:30::11");
+        // Only unusable ones: no IP at all, and that is a problem too.
+        let n = node_json("n2", &["10.244.2.0/24"], "0.0.0.0", json!({}));
+        let mut p = Vec::new();
+        let v = NodeView::from_node(&n, &mut p);
+        assert!(v.primary_ip().is_none());
+        let kinds: Vec<_> = p.iter().map(Problem::kind).collect();
+        assert_eq!(kinds, ["bad_internal_ip", "no_internal_ip"]);
+    }
+
+    #[test]
+    fn an_unusable_endpoint_annotation_is_a_problem() {
+        for bad in [
+            "0.0.0.0:51820",
+            "[::]:51820",
+            "127.0.0.1:51820",
+            "172.30.0.11:0",
+            "224.0.0.1:51820",
+        ] {
+            let n = node_json(
+                "n1",
+                &["10.244.1.0/24"],
+                "172.30.0.11",
+                json!({ENDPOINT_ANNOTATION: bad}),
+            );
+            let mut p = Vec::new();
+            let v = NodeView::from_node(&n, &mut p);
+            assert_eq!(v.endpoint, None, "{bad}");
+            let kinds: Vec<_> = p.iter().map(Problem::kind).collect();
+            assert_eq!(kinds, ["bad_endpoint"], "{bad}");
+        }
     }
 
     #[test]

@@ -74,7 +74,18 @@ impl fmt::Display for PeerChange {
 /// The changes that turn `current` into `desired`, in a stable order
 /// (removals first, so an address range moving between peers never
 /// overlaps for a moment).
-pub fn diff(current: &[PeerState], desired: &BTreeMap<PublicKey, PeerSpec>) -> Vec<PeerChange> {
+///
+/// `applied` is the endpoint each key had when the agent last set it. A
+/// peer whose device endpoint differs from the wanted one only because
+/// WireGuard roamed (the peer wrote from another address, and the device
+/// follows it) is left alone: the endpoint is set again only when the wanted
+/// endpoint itself changed since it was applied, or was never applied by
+/// this process.
+pub fn diff(
+    current: &[PeerState],
+    desired: &BTreeMap<PublicKey, PeerSpec>,
+    applied: &BTreeMap<PublicKey, SocketAddr>,
+) -> Vec<PeerChange> {
     let have: BTreeMap<PublicKey, &PeerState> = current.iter().filter_map(|p| p.key.map(|k| (k, p))).collect();
     let mut out: Vec<PeerChange> = have
         .keys()
@@ -84,7 +95,30 @@ pub fn diff(current: &[PeerState], desired: &BTreeMap<PublicKey, PeerSpec>) -> V
     for (k, want) in desired {
         match have.get(k) {
             None => out.push(PeerChange::Add(want.clone())),
-            Some(got) if got.endpoint != Some(want.endpoint) || got.allowed_ips != want.allowed_ips => {
+            Some(got) => {
+                let roamed = got.endpoint.is_some() && applied.get(k) == Some(&want.endpoint);
+                let endpoint_differs = got.endpoint != Some(want.endpoint) && !roamed;
+                if endpoint_differs || got.allowed_ips != want.allowed_ips {
+                    out.push(PeerChange::Update(want.clone()))
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The changes from one wanted peer list to the next, without reading the
+/// device (the event path: the device is read and diffed on every full pass).
+pub fn diff_wanted(old: &BTreeMap<PublicKey, PeerSpec>, new: &BTreeMap<PublicKey, PeerSpec>) -> Vec<PeerChange> {
+    let mut out: Vec<PeerChange> = old
+        .keys()
+        .filter(|k| !new.contains_key(k))
+        .map(|k| PeerChange::Remove(*k))
+        .collect();
+    for (k, want) in new {
+        match old.get(k) {
+            None => out.push(PeerChange::Add(want.clone())),
+            Some(had) if had.endpoint != want.endpoint || had.allowed_ips != want.allowed_ips => {
                 out.push(PeerChange::Update(want.clone()))
             }
             Some(_) => {}
@@ -187,8 +221,65 @@ mod tests {
             ),
         ];
         for (name, cur, des, expect) in cases {
-            assert_eq!(diff(&cur, &want(&des)), expect, "{name}");
+            assert_eq!(diff(&cur, &want(&des), &BTreeMap::new()), expect, "{name}");
         }
+    }
+
+    #[test]
+    fn a_roamed_endpoint_is_kept_until_the_wanted_one_changes() {
+        let b = spec(2, "172.30.0.12:51820", &["10.244.2.0/24"]);
+        let mut roamed = state(&b);
+        roamed.endpoint = Some("172.30.0.99:40000".parse().unwrap());
+        let applied: BTreeMap<PublicKey, SocketAddr> = [(key(2), b.endpoint)].into();
+        // The device followed the peer to a new address: no change.
+        assert_eq!(
+            diff(std::slice::from_ref(&roamed), &want(std::slice::from_ref(&b)), &applied),
+            vec![]
+        );
+        // Allowed IPs changed: the update carries the wanted endpoint.
+        let b_more = spec(2, "172.30.0.12:51820", &["10.244.2.0/24", "fd00:10:244:2::/64"]);
+        assert_eq!(
+            diff(
+                std::slice::from_ref(&roamed),
+                &want(std::slice::from_ref(&b_more)),
+                &applied
+            ),
+            vec![PeerChange::Update(b_more)]
+        );
+        // The Node now publishes another endpoint: it is applied.
+        let b_moved = spec(2, "172.30.0.13:51820", &["10.244.2.0/24"]);
+        assert_eq!(
+            diff(
+                std::slice::from_ref(&roamed),
+                &want(std::slice::from_ref(&b_moved)),
+                &applied
+            ),
+            vec![PeerChange::Update(b_moved)]
+        );
+        // Never applied by this process (a fresh agent): set once.
+        assert_eq!(
+            diff(&[roamed], &want(std::slice::from_ref(&b)), &BTreeMap::new()),
+            vec![PeerChange::Update(b)]
+        );
+    }
+
+    #[test]
+    fn wanted_lists_diff_like_the_device() {
+        let a = spec(1, "172.30.0.11:51820", &["10.244.1.0/24"]);
+        let b = spec(2, "172.30.0.12:51820", &["10.244.2.0/24"]);
+        let b_moved = spec(2, "172.30.0.99:51820", &["10.244.2.0/24"]);
+        let c = spec(3, "172.30.0.13:51820", &["10.244.3.0/24"]);
+        let old = want(&[a.clone(), b.clone()]);
+        let new = want(&[b_moved.clone(), c.clone()]);
+        assert_eq!(
+            diff_wanted(&old, &new),
+            vec![
+                PeerChange::Remove(key(1)),
+                PeerChange::Update(b_moved),
+                PeerChange::Add(c)
+            ]
+        );
+        assert_eq!(diff_wanted(&old, &old), vec![]);
     }
 
     #[test]
@@ -210,7 +301,7 @@ mod tests {
             .collect();
         let mut cur: Vec<PeerState> = specs.iter().map(state).collect();
         cur.pop();
-        let changes = diff(&cur, &want(&specs));
+        let changes = diff(&cur, &want(&specs), &BTreeMap::new());
         assert_eq!(changes, vec![PeerChange::Add(specs[9_999].clone())]);
     }
 }

@@ -62,9 +62,9 @@ fn host_prefix(ip: IpAddr) -> IpNetwork {
 /// no address) keeps its last good peer if it had one — bad data in the API
 /// never tears down a working tunnel — and is left out otherwise. Only a
 /// node that is gone from the API loses its peer.
-pub fn desired(
+pub fn desired<N: std::borrow::Borrow<NodeView>>(
     own: &NodeView,
-    nodes: &[NodeView],
+    nodes: &[N],
     params: &MeshParams,
     last_good: &BTreeMap<String, PeerSpec>,
     problems: &mut Vec<Problem>,
@@ -82,7 +82,11 @@ pub fn desired(
     let mut peers = BTreeMap::new();
     let mut owners: BTreeMap<PublicKey, &str> = BTreeMap::new();
     owners.insert(params.own_key, &own.name);
-    let mut others: Vec<&NodeView> = nodes.iter().filter(|n| n.name != own.name).collect();
+    let mut others: Vec<&NodeView> = nodes
+        .iter()
+        .map(|n| n.borrow())
+        .filter(|n| n.name != own.name)
+        .collect();
     others.sort_by(|a, b| a.name.cmp(&b.name));
     for n in others {
         let Some(spec) = peer_of(n, params.wg_port).or_else(|| last_good.get(&n.name).cloned()) else {
@@ -109,6 +113,7 @@ pub fn desired(
     let cluster_cidrs = if params.cluster_cidrs.is_empty() {
         let all: BTreeSet<IpNetwork> = nodes
             .iter()
+            .map(|n| n.borrow())
             .chain([own])
             .flat_map(|n| n.pod_cidrs.iter().copied())
             .collect();
@@ -127,7 +132,7 @@ pub fn desired(
 }
 
 /// The peer for another node, if it has everything a peer needs.
-fn peer_of(n: &NodeView, default_port: u16) -> Option<PeerSpec> {
+pub fn peer_of(n: &NodeView, default_port: u16) -> Option<PeerSpec> {
     let key = n.key?;
     if n.pod_cidrs.is_empty() {
         return None;

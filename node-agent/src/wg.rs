@@ -220,6 +220,44 @@ async fn start_userspace(s: &Settings) -> Result<(), WgError> {
     })
 }
 
+/// How often [`watch_userspace`] checks the userspace device.
+const WATCH_EVERY: Duration = Duration::from_millis(100);
+
+/// Watch the userspace WireGuard, whoever started it (this process, an agent
+/// before a restart, or a sidecar): every [`WATCH_EVERY`] connect to its
+/// UAPI socket (refused once the process is gone, even if the socket file
+/// is left behind). When it goes from answering to not answering, count it
+/// set `full` and notify `trigger`, so the mesh loop recreates it with a full
+/// pass at once instead of at the next resync. Runs until the process ends.
+pub fn watch_userspace(
+    s: &Settings,
+    trigger: std::sync::Arc<tokio::sync::Notify>,
+    full: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+) {
+    if s.wg_backend == BackendChoice::Kernel {
+        return;
+    }
+    let socket = s.wg_socket();
+    tokio::spawn(async move {
+        let mut alive = false;
+        loop {
+            let now = matches!(
+                tokio::time::timeout(Duration::from_secs(1), tokio::net::UnixStream::connect(&socket)).await,
+                Ok(Ok(_))
+            );
+            if alive && !now {
+                metrics.repaired("wireguard_process");
+                tracing::warn!(socket = %socket.display(), "userspace WireGuard stopped answering; recreating the device now");
+                full.store(true, std::sync::atomic::Ordering::SeqCst);
+                trigger.notify_one();
+            }
+            alive = now;
+            tokio::time::sleep(WATCH_EVERY).await;
+        }
+    });
+}
+
 /// Stop the userspace process this node started (by its pid file, after
 /// checking the pid still runs that binary for this interface).
 pub fn stop_userspace(s: &Settings) -> std::io::Result<bool> {
@@ -232,8 +270,8 @@ pub fn stop_userspace(s: &Settings) -> std::io::Result<bool> {
     let ours = pid > 0 && cmdline.contains(&s.wg_iface);
     if ours {
         // SIGTERM: wireguard-go removes its TUN link and socket and exits.
-        let rc = Command::new("kill").arg("-TERM").arg(pid.to_string()).status()?;
-        if !rc.success() {
+        let target = nix::unistd::Pid::from_raw(pid);
+        if nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM).is_err() {
             return Ok(false);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -331,6 +369,73 @@ async fn kernel_apply(name: String, u: Update) -> Result<(), WgError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::peers::PeerSpec;
+
+    fn spec(n: u32) -> PeerSpec {
+        let mut k = [0u8; 32];
+        k[..4].copy_from_slice(&n.to_be_bytes());
+        PeerSpec {
+            node: format!("node-{n}"),
+            key: PublicKey(k),
+            endpoint: std::net::SocketAddr::from(([172, 30, (n >> 8) as u8, n as u8], 51820)),
+            allowed_ips: [
+                format!("10.{}.{}.0/24", (n >> 8) as u8, n as u8).parse().unwrap(),
+                format!("fd00:10:244:{n:x}::/64").parse().unwrap(),
+            ]
+            .into(),
+        }
+    }
+
+    /// The kernel backend's message, read through its Debug form (the
+    /// crate's fields are private): every change maps to one peer entry with
+    /// the right flags, without root or a kernel module.
+    #[test]
+    fn kernel_update_carries_every_change() {
+        let removed = PublicKey([9; 32]);
+        let u = Update {
+            private_key: Some(PrivateKey::from_bytes([7; 32])),
+            listen_port: Some(51820),
+            peers: vec![
+                PeerChange::Remove(removed),
+                PeerChange::Add(spec(1)),
+                PeerChange::Update(spec(2)),
+            ],
+        };
+        let d = kernel_update(&u);
+        let text = format!("{d:?}");
+        assert!(text.contains("listen_port: Some(51820)"), "{text}");
+        assert!(
+            text.contains("replace_peers: false"),
+            "never replace the whole peer list: {text}"
+        );
+        assert_eq!(text.matches("PeerConfigBuilder").count(), 3, "{text}");
+        assert_eq!(text.matches("remove_me: true").count(), 1, "{text}");
+        // Added and updated peers replace their allowed IPs and carry the endpoint.
+        assert_eq!(text.matches("replace_allowed_ips: true").count(), 2, "{text}");
+        assert!(text.contains("endpoint: Some(172.30.0.1:51820)"), "{text}");
+        assert!(text.contains("endpoint: Some(172.30.0.2:51820)"), "{text}");
+        assert!(
+            text.contains("allowed_ips: [10.0.2.0/24, fd00:10:244:2::/64]"),
+            "{text}"
+        );
+        assert!(text.contains("private_key: Some(Key(\"BwcHBwcH"), "{text}");
+        // An empty update is an empty message.
+        assert_eq!(
+            kernel_update(&Update::default()),
+            wireguard_control::DeviceUpdate::new()
+        );
+    }
+
+    #[test]
+    fn ten_thousand_added_peers_are_one_update() {
+        let u = Update {
+            peers: (0..10_000).map(|n| PeerChange::Add(spec(n))).collect(),
+            ..Default::default()
+        };
+        let text = format!("{:?}", kernel_update(&u));
+        assert_eq!(text.matches("PeerConfigBuilder").count(), 10_000);
+        assert_eq!(text.matches("remove_me: true").count(), 0);
+    }
 
     fn args(c: &Command) -> Vec<String> {
         std::iter::once(c.get_program())
