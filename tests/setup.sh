@@ -8,12 +8,15 @@ set -euo pipefail
 
 # Debian packages: the kernel tools, the CNI reference plugins (interop
 # tests, the benchmark's anchor), containerd + runc (CRI test), busybox-static
-# (the locally built pause image), a C toolchain for linking.
+# (the locally built pause image), a C toolchain for linking, podman (the
+# image build and the runtime test), python3-venv (kubectl and
+# kubernetes-validate from PyPI), shellcheck (the scripts).
 WEFT_APT_PACKAGES=(
   iproute2 iputils-ping procps psmisc nftables iptables
   containernetworking-plugins containerd runc busybox-static
   wireguard-go wireguard-tools iperf3 tcpdump util-linux
   gcc libc6-dev pkg-config ca-certificates curl protobuf-compiler python3
+  podman python3-venv shellcheck
 )
 missing=()
 for p in "${WEFT_APT_PACKAGES[@]}"; do
