@@ -94,6 +94,8 @@ pub struct Agent {
     /// The last full recompute found two Nodes with one key: event passes
     /// then recompute everything (which node wins depends on all of them).
     had_duplicates: bool,
+    /// Why a chained plugin was left out of the conflist (logged once).
+    chain_note: Option<String>,
     ready: bool,
 }
 
@@ -152,6 +154,7 @@ impl Agent {
             views: Default::default(),
             force_full: Default::default(),
             had_duplicates: false,
+            chain_note: None,
             ready: false,
         }
     }
@@ -436,7 +439,7 @@ impl Agent {
         }
         changes.extend(outcome.changes);
         if full || own_changed || self.applied.mtu != Some(mtu) || !self.ready {
-            self.bootstrap(&own, mtu, &mut changes)?;
+            self.bootstrap(&own, mtu, &mut changes).await?;
         }
         if !k8s::network_available(&own_node) {
             match k8s::set_network_available(&self.client, &own.name).await {
@@ -659,10 +662,11 @@ impl Agent {
 
     /// CNI binaries, conflist and readiness file (only reached once the
     /// device, peers and routes are in place).
-    fn bootstrap(&mut self, own: &NodeView, mtu: u32, changes: &mut Vec<String>) -> Result<(), ReconcileError> {
+    async fn bootstrap(&mut self, own: &NodeView, mtu: u32, changes: &mut Vec<String>) -> Result<(), ReconcileError> {
+        let chain = self.chain().await;
         let s = &self.settings;
         changes.extend(bootstrap::install_binaries(s)?);
-        let list = conflist::render(s, &own.pod_cidrs, mtu);
+        let list = conflist::render_chain(s, &own.pod_cidrs, mtu, &chain);
         changes.extend(bootstrap::write_conflist(s, &list)?);
         changes.extend(bootstrap::mark_ready(s)?);
         if !self.ready {
@@ -670,6 +674,41 @@ impl Agent {
             self.metrics.set_ready();
         }
         Ok(())
+    }
+
+    /// The plugins to chain after weft, as installed on the node (asked for
+    /// their versions; a problem is logged once per change).
+    async fn chain(&mut self) -> conflist::Chain {
+        if !self.settings.chain_portmap {
+            return conflist::Chain::default();
+        }
+        let bin = self.settings.cni_bin_dir.join("portmap");
+        let (portmap, note) = match conflist::plugin_versions(&bin).await {
+            Ok(Some(v)) if conflist::common_version(&[&v]).is_some() => (Some(v), None),
+            Ok(Some(v)) => (
+                None,
+                Some(format!(
+                    "{} shares no CNI version with weft ({v:?}): not chained",
+                    bin.display()
+                )),
+            ),
+            Ok(None) => (
+                None,
+                Some(format!(
+                    "{} is not installed: not chained (hostPort needs it)",
+                    bin.display()
+                )),
+            ),
+            Err(e) => (None, Some(format!("{e}: portmap not chained"))),
+        };
+        if note != self.chain_note {
+            if let Some(n) = &note {
+                self.metrics.error("cni_chain");
+                tracing::warn!("{n}");
+            }
+            self.chain_note = note;
+        }
+        conflist::Chain { portmap }
     }
 
     /// The device and peer names `/metrics` reads at scrape time, and the
