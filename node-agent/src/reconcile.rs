@@ -165,9 +165,10 @@ impl Agent {
     }
 
     /// Parse the Nodes named in `names` again (when their resourceVersion
-    /// moved); returns whether any of them changed what the mesh reads
-    /// (another view, other problems, or it is this node or was deleted). A
-    /// Node status heartbeat changes nothing here and costs one parse.
+    /// moved); returns those that changed what the mesh reads (another view,
+    /// other problems, deleted, or this node itself), with their view before
+    /// and after. A Node status heartbeat changes nothing here and costs one
+    /// parse.
     fn parse_changed(&mut self, names: &std::collections::BTreeSet<String>) -> Vec<ViewChange> {
         let mut relevant = Vec::new();
         for name in names {
