@@ -262,21 +262,15 @@ impl Pod {
         conf
     }
 
-    /// The conflist's plugins this node can run. Debian 12's reference
-    /// `portmap` (containernetworking-plugins 1.1.1) speaks CNI up to 1.0.0
-    /// and refuses the conflist's 1.1.0, as libcni would report it for
-    /// every pod: it is left out, loudly, and only it.
+    /// The conflist's plugins, weft first, every one of them run (Debian's
+    /// `portmap` too, at the version the agent negotiated with it).
     fn plugins(&self) -> Vec<Value> {
         let all = self.conflist["plugins"].as_array().expect("plugins").clone();
-        let (run, skipped): (Vec<Value>, Vec<Value>) = all.into_iter().partition(|p| p["type"] != "portmap");
         assert!(
-            run.first().is_some_and(|p| p["type"] == "weft"),
-            "weft is not the first plugin: {run:?}"
+            all.first().is_some_and(|p| p["type"] == "weft"),
+            "weft is not the first plugin: {all:?}"
         );
-        if !skipped.is_empty() {
-            eprintln!("runtime test: not running portmap (Debian 12's speaks CNI <= 1.0.0, the conflist 1.1.0)");
-        }
-        run
+        all
     }
 
     fn add(&mut self) {
@@ -538,6 +532,10 @@ fn uninstall(n3: &NodeState, node: &Node, prefix: &str) {
         !n3.bin_dir().join("weft").exists() && !n3.bin_dir().join("weft-ipam").exists(),
         "CNI binaries left"
     );
+    assert!(
+        n3.bin_dir().join("portmap").is_file(),
+        "cleanup removed the node's portmap, which is not weft's"
+    );
     assert_eq!(
         std::fs::read_to_string(n3.conf_dir().join("05-old.conflist")).expect("the leftover config restored"),
         LEFTOVER
@@ -596,6 +594,12 @@ fn pod_templates_under_podman_join_the_mesh_survive_a_restart_and_clean_up() {
     std::fs::create_dir_all(n3.conf_dir()).expect("conf dir");
     std::fs::write(n3.conf_dir().join("05-old.conflist"), LEFTOVER).expect("leftover config");
 
+    // The node's own reference portmap in /opt/cni/bin (Debian 12's speaks
+    // CNI up to 1.0.0): the agent must chain it at a version it speaks.
+    std::fs::create_dir_all(n3.bin_dir()).expect("bin dir");
+    std::fs::copy("/usr/lib/cni/portmap", n3.bin_dir().join("portmap"))
+        .expect("Debian's portmap (containernetworking-plugins, tests/setup.sh)");
+
     let runs = runs(&ds, &node, &name).unwrap_or_else(|e| panic!("translate the pod template: {e:#}"));
     assert!(runs.iter().all(|r| !r.init), "weft-agent has no init containers to run");
     let agent = runs.iter().find(|r| r.container == "weft-agent").expect("agent run");
@@ -609,6 +613,14 @@ fn pod_templates_under_podman_join_the_mesh_survive_a_restart_and_clean_up() {
     let mut conflist: Value =
         serde_json::from_slice(&std::fs::read(n3.conf_dir().join(cni::CONFLIST)).expect("read conflist"))
             .expect("conflist JSON");
+    assert_eq!(
+        conflist["plugins"][1]["type"], "portmap",
+        "portmap chained after weft: {conflist}"
+    );
+    assert_eq!(
+        conflist["cniVersion"], "1.0.0",
+        "the newest version Debian's portmap and weft both speak"
+    );
     relocate(&mut conflist, &spec, agent_c, &node);
     let mut p3 = Pod {
         netns: format!("{name}-p3"),
