@@ -17,6 +17,7 @@ pub mod maglev;
 mod model;
 mod options;
 mod problem;
+pub mod render;
 mod topology;
 mod tracker;
 mod types;
