@@ -42,10 +42,13 @@ pub async fn cleanup(s: &Settings) -> Result<Vec<String>, Vec<String>> {
     for b in CNI_BINARIES {
         remove_file(&s.cni_bin_dir.join(b), &mut done, &mut errors);
     }
-    match nft::delete_table().await {
-        Ok(true) => done.push(format!("deleted nft table inet {}", nft::TABLE)),
-        Ok(false) => {}
-        Err(e) => errors.push(e.to_string()),
+    // The mesh's table and the Services'.
+    for table in [nft::TABLE, weft_proxy::render::TABLE] {
+        match nft::delete_table(table).await {
+            Ok(true) => done.push(format!("deleted nft table inet {table}")),
+            Ok(false) => {}
+            Err(e) => errors.push(e.to_string()),
+        }
     }
     match wg::stop_userspace(s) {
         Ok(true) => done.push("stopped userspace WireGuard".into()),

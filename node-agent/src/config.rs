@@ -70,6 +70,8 @@ pub struct Settings {
     /// Strict mode: drop traffic to other nodes' pod CIDRs that would leave
     /// this node through anything but the WireGuard device.
     pub strict: bool,
+    /// Program Services (the Services loop, table `inet weft-svc`).
+    pub services: bool,
 }
 
 pub const CONFLIST_NAME: &str = "10-weft.conflist";
@@ -134,6 +136,7 @@ impl Settings {
             cni_exclusive: true,
             resync: Duration::from_secs(30),
             strict: true,
+            services: true,
         }
     }
 }

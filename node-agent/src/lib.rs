@@ -27,5 +27,6 @@ pub mod peers;
 pub mod plan;
 pub mod reconcile;
 pub mod runloop;
+pub mod services;
 pub mod uapi;
 pub mod wg;

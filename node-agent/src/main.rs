@@ -14,6 +14,8 @@ use weft_agent::key::PrivateKey;
 use weft_agent::metrics::Metrics;
 use weft_agent::net::Net;
 use weft_agent::reconcile::{self, Agent};
+use weft_agent::runloop;
+use weft_agent::services::ServicesLoop;
 use weft_agent::{cleanup, http, kube};
 
 #[derive(Parser)]
@@ -122,6 +124,10 @@ struct Opts {
     /// traffic never crosses the underlay in clear text.
     #[arg(long, env = "WEFT_STRICT", default_value_t = true, action = clap::ArgAction::Set, global = true)]
     strict: bool,
+    /// Program Services (table inet weft-svc); `false` beside kube-proxy
+    /// while migrating.
+    #[arg(long, env = "WEFT_SERVICES", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    services: bool,
 }
 
 impl Opts {
@@ -168,6 +174,7 @@ impl Opts {
             cni_exclusive: self.cni_exclusive,
             resync: Duration::from_secs(self.resync_seconds.max(1)),
             strict: self.strict,
+            services: self.services,
         })
     }
 }
@@ -232,12 +239,81 @@ async fn run(settings: Settings, kubeconfig: Option<PathBuf>) -> Result<()> {
     let client = kube::client(kubeconfig.as_deref()).await.context("Kubernetes client")?;
     let changed = Arc::new(Notify::new());
     let changes = kube::Changes::default();
+    let (svc_changes, slice_changes) = (kube::Changes::default(), kube::Changes::default());
     let store = kube::watch_nodes(client.clone(), changed.clone(), changes.clone(), metrics.clone());
     let net = Net::here().context("netlink")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let nodes_listed = Arc::new(Notify::new());
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let services = if settings.services {
+        let trigger = Arc::new(Notify::new());
+        let inputs = weft_agent::services::Inputs {
+            nodes: store.clone(),
+            services: kube::watch(
+                kube_api_all(&client),
+                Default::default(),
+                trigger.clone(),
+                svc_changes.clone(),
+                metrics.clone(),
+            ),
+            slices: kube::watch(
+                kube_api_all(&client),
+                Default::default(),
+                trigger.clone(),
+                slice_changes.clone(),
+                metrics.clone(),
+            ),
+            service_changes: svc_changes,
+            slice_changes,
+        };
+        let lp = ServicesLoop::new(
+            settings.node_name.clone(),
+            settings.cluster_cidrs.clone(),
+            inputs,
+            metrics.clone(),
+        );
+        let pacing = runloop::Pacing::new(settings.resync);
+        let (m, stop) = (metrics.clone(), stopped());
+        // Only one task may wait for the Node store (kube-rs wakes one waiter
+        // of its readiness): the mesh loop does; the Services loop starts
+        // once the mesh loop has seen the first list.
+        let ready = nodes_listed.clone();
+        Some(tokio::spawn(async move {
+            ready.notified().await;
+            runloop::run("services", lp, trigger, pacing, m, stop).await;
+        }))
+    } else {
+        tracing::info!("--services=false: Services are left to someone else (kube-proxy)");
+        None
+    };
     let agent = Agent::new(settings, key, client, net, metrics.clone(), store, changes);
     weft_agent::wg::watch_userspace(&agent.settings, changed.clone(), agent.force_full(), metrics);
-    reconcile::run(agent, changed, shutdown()).await;
+    let mesh = reconcile::run(agent, changed, nodes_listed, stopped());
+    tokio::pin!(mesh);
+    tokio::select! {
+        _ = &mut mesh => {}
+        _ = shutdown() => {
+            let _ = stop_tx.send(true);
+            mesh.await;
+        }
+    }
+    if let Some(s) = services {
+        let _ = s.await;
+    }
     Ok(())
+}
+
+fn kube_api_all<K>(client: &::kube::Client) -> ::kube::Api<K>
+where
+    K: ::kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    ::kube::Api::all(client.clone())
 }
 
 /// SIGTERM or SIGINT.

@@ -150,7 +150,7 @@ pub fn table(r: &MeshRules) -> Table {
     t
 }
 
-/// What one [`MeshNft::apply`] did.
+/// What one [`TableSync::apply`] did.
 #[derive(Debug, Default)]
 pub struct Outcome {
     /// The change list (empty: up to date).
@@ -159,10 +159,11 @@ pub struct Outcome {
     pub repaired: bool,
 }
 
-/// The mesh's engine: one netlink socket, opened on first use in the
-/// agent's netns and kept for the life of the process.
+/// One loop's engine for one table (the mesh's `inet weft`, the Services'
+/// `inet weft-svc`): one netlink socket, opened on first use in the agent's
+/// netns and kept for the life of the process.
 #[derive(Default)]
-pub struct MeshNft {
+pub struct TableSync {
     engine: Option<Engine>,
     passes: u64,
 }
@@ -171,8 +172,8 @@ pub struct MeshNft {
 /// generation did not move (cheap: the mesh table is a few dozen objects).
 const VERIFY_EVERY: u64 = 10;
 
-impl MeshNft {
-    /// Make the kernel's `inet weft` equal `desired`: an incremental apply,
+impl TableSync {
+    /// Make the kernel's table equal `desired`: an incremental apply,
     /// or a verify-and-repair when someone else committed since our last
     /// commit, on the first pass of a process (adopting what a previous one
     /// left, without a flush), and every [`VERIFY_EVERY`] passes.
@@ -229,11 +230,11 @@ fn sync(e: &mut Engine, desired: &Table, periodic: bool) -> Result<Outcome, weft
     })
 }
 
-/// `nft delete table inet weft`; a missing table is fine.
-pub async fn delete_table() -> Result<bool, NftError> {
-    tokio::task::spawn_blocking(|| {
+/// `nft delete table inet NAME`; a missing table is fine.
+pub async fn delete_table(name: &'static str) -> Result<bool, NftError> {
+    tokio::task::spawn_blocking(move || {
         let mut e = Engine::new()?;
-        Ok(e.delete_table(Family::Inet, TABLE)?)
+        Ok(e.delete_table(Family::Inet, name)?)
     })
     .await
     .map_err(|e| NftError::Join(e.to_string()))?

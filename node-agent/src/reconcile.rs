@@ -22,7 +22,7 @@ use crate::key::PrivateKey;
 use crate::metrics::Metrics;
 use crate::mtu::{self, MtuError};
 use crate::net::{self as nl, Net, NetError};
-use crate::nft::{self, MeshNft, MeshRules, NftError};
+use crate::nft::{self, MeshRules, NftError, TableSync};
 use crate::node::{NodeView, Problem};
 use crate::peers::{self, PeerSpec};
 use crate::plan::{self, Desired, MeshParams, Route};
@@ -86,7 +86,7 @@ pub struct Agent {
     /// What the last successful pass left in place: a later pass that finds
     /// one of these gone (or moved) counts a repair.
     applied: Applied,
-    nft: MeshNft,
+    nft: TableSync,
     views: std::collections::HashMap<String, CachedView>,
     /// Set by whoever knows the kernel state changed under us (the userspace
     /// WireGuard died): the next pass is a full one whatever triggered it.
@@ -150,7 +150,7 @@ impl Agent {
             seen_problems: BTreeSet::new(),
             last_good: BTreeMap::new(),
             applied: Applied::default(),
-            nft: MeshNft::default(),
+            nft: TableSync::default(),
             views: Default::default(),
             force_full: Default::default(),
             had_duplicates: false,
@@ -736,7 +736,9 @@ impl Reconcile for Agent {
 /// (with backoff) and at least every resync period, until `stop` resolves.
 /// Nothing is torn down on exit: the device, routes and rules outlive the
 /// process.
-pub async fn run(agent: Agent, changed: Arc<Notify>, stop: impl std::future::Future<Output = ()>) {
+/// `listed` is notified once the first list of Nodes arrived (the Services
+/// loop waits for it: kube-rs wakes only one waiter of a store's readiness).
+pub async fn run(agent: Agent, changed: Arc<Notify>, listed: Arc<Notify>, stop: impl std::future::Future<Output = ()>) {
     let metrics = agent.metrics.clone();
     let pacing = Pacing::new(agent.settings.resync);
     let store = agent.store.clone();
@@ -746,5 +748,6 @@ pub async fn run(agent: Agent, changed: Arc<Notify>, stop: impl std::future::Fut
         r = store.wait_until_ready() => if r.is_err() { return },
         _ = &mut stop => return,
     }
+    listed.notify_one();
     runloop::run("mesh", agent, changed, pacing, metrics, stop).await;
 }

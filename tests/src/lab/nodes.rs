@@ -74,7 +74,38 @@ pub(super) fn plug(lab: &Lab, ns: &str, port: &str, host: u8) -> Result<()> {
         ns,
         &["addr", "add", &format!("{}/64", v6(host)), "dev", "eth0", "nodad"],
     )?;
-    netns::ip_in(ns, &["link", "set", "eth0", "up"]).map(drop)
+    netns::ip_in(ns, &["link", "set", "eth0", "up"])?;
+    // A default route via the switch, as a real node has one through its
+    // router: a node's own packets to a Service VIP are routed (then
+    // dnat'ed on output), and forwarded packets to an unused VIP port reach
+    // the forward hook that rejects them. The switch forwards nothing, so
+    // nothing leaves the lab.
+    netns::ip_in(
+        ns,
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            &v4(SWITCH_HOST).to_string(),
+            "dev",
+            "eth0",
+        ],
+    )?;
+    netns::ip_in(
+        ns,
+        &[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &v6(SWITCH_HOST).to_string(),
+            "dev",
+            "eth0",
+        ],
+    )
+    .map(drop)
 }
 
 /// Record node `i`, then build its namespace, directories and kubeconfig
