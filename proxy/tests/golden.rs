@@ -5,79 +5,26 @@
 //! change, regenerate with `WEFT_UPDATE_GOLDEN=1 cargo test -p weft-proxy --test golden` and
 //! review the diff.
 
+mod render_fixtures;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-use weft_proxy::{ChangeTracker, LbAlgorithm, Model, NodeFacts, NodePortAddresses, Options};
-
-fn strings(v: &Value, field: &str) -> Vec<String> {
-    v[field]
-        .as_array()
-        .map(|a| a.iter().map(|s| s.as_str().expect("string").to_string()).collect())
-        .unwrap_or_default()
-}
-
-fn parse_all<T: std::str::FromStr>(v: &Value, field: &str) -> Vec<T>
-where
-    T::Err: std::fmt::Debug,
-{
-    strings(v, field).iter().map(|s| s.parse().expect(field)).collect()
-}
-
-fn node(v: &Value) -> NodeFacts {
-    NodeFacts {
-        name: v["name"].as_str().expect("node.name").to_string(),
-        zone: v["zone"].as_str().map(str::to_string),
-        addresses: parse_all(v, "addresses"),
-        pod_cidrs: parse_all(v, "podCIDRs"),
-        cluster_cidrs: parse_all(v, "clusterCIDRs"),
-    }
-}
-
-fn options(v: &Value) -> Options {
-    let mut o = Options::default();
-    if v.get("nodeportAddresses").is_some() {
-        o.nodeport_addresses = NodePortAddresses::Cidrs(parse_all(v, "nodeportAddresses"));
-    }
-    if let Some(b) = v["masqueradeAll"].as_bool() {
-        o.masquerade_all = b;
-    }
-    if let Some(s) = v["maglevSeed"].as_u64() {
-        o.maglev_seed = s;
-    }
-    if let Some(a) = v["defaultAlgorithm"].as_str() {
-        o.default_algorithm = LbAlgorithm::parse(a).expect("defaultAlgorithm");
-    }
-    o
-}
+use weft_proxy::{ChangeTracker, Model};
 
 fn render(path: &Path) -> String {
-    let text = fs::read_to_string(path).expect("read fixture");
-    let v: Value = serde_json::from_str(&text).expect("fixture JSON");
-    let mut tracker = ChangeTracker::new();
-    for s in v["services"].as_array().expect("services") {
-        tracker
-            .upsert_service(serde_json::from_value(s.clone()).expect("Service"))
-            .expect("file Service");
-    }
-    for s in v["endpointSlices"].as_array().expect("endpointSlices") {
-        tracker
-            .upsert_slice(serde_json::from_value(s.clone()).expect("EndpointSlice"))
-            .expect("file EndpointSlice");
-    }
-    let opts = v.get("options").map(options).unwrap_or_default();
-    let full = Model::build(&tracker, node(&v["node"]), opts.clone());
+    let f = render_fixtures::load(path);
+    let full = f.model();
     // The same objects fed one change at a time must give the same model.
-    let mut inc = Model::new(node(&v["node"]), opts);
+    let mut inc = Model::new(f.node.clone(), f.options.clone());
     let mut step = ChangeTracker::new();
-    for s in v["services"].as_array().unwrap() {
-        step.upsert_service(serde_json::from_value(s.clone()).unwrap()).unwrap();
+    for s in f.services() {
+        step.upsert_service(s).unwrap();
         let c = step.take_changes();
         inc.recompute(&step, &c);
     }
-    for s in v["endpointSlices"].as_array().unwrap() {
-        step.upsert_slice(serde_json::from_value(s.clone()).unwrap()).unwrap();
+    for s in f.slices() {
+        step.upsert_slice(s).unwrap();
         let c = step.take_changes();
         inc.recompute(&step, &c);
     }
@@ -88,13 +35,7 @@ fn render(path: &Path) -> String {
 #[test]
 fn fixtures_match_golden_files() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests");
-    let mut fixtures: Vec<PathBuf> = fs::read_dir(dir.join("fixtures"))
-        .expect("fixtures dir")
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    fixtures.sort();
-    assert!(fixtures.len() >= 3, "fixtures missing: {fixtures:?}");
+    let fixtures = render_fixtures::fixtures();
     let update = std::env::var_os("WEFT_UPDATE_GOLDEN").is_some();
     let mut failures = Vec::new();
     for f in &fixtures {

@@ -1,5 +1,5 @@
-//! The model fixtures (`tests/fixtures/*.json`, the format `tests/golden.rs` reads) loaded as
-//! models, for the renderer's tests.
+//! The model fixtures (`tests/fixtures/*.json`), read once for every test that uses them:
+//! the model's golden test and the renderer's tests.
 #![allow(dead_code)] // reason: each test binary uses a different subset
 
 use std::fs;
@@ -35,21 +35,47 @@ where
     strings(v, field).iter().map(|s| s.parse().expect(field)).collect()
 }
 
-/// The fixture loader of `tests/golden.rs` (same fields), full build only.
-pub fn model(path: &Path) -> Model {
-    let v: Value = serde_json::from_str(&fs::read_to_string(path).expect("read fixture")).expect("fixture JSON");
-    let mut tracker = ChangeTracker::new();
-    for s in v["services"].as_array().expect("services") {
-        tracker
-            .upsert_service(serde_json::from_value(s.clone()).expect("Service"))
-            .expect("file Service");
+/// A fixture as read: its JSON, and the node facts and options it names.
+pub struct Fixture {
+    pub json: Value,
+    pub node: NodeFacts,
+    pub options: Options,
+}
+
+impl Fixture {
+    pub fn services(&self) -> impl Iterator<Item = k8s_openapi::api::core::v1::Service> + '_ {
+        let all = self.json["services"].as_array().expect("services");
+        all.iter().map(|s| serde_json::from_value(s.clone()).expect("Service"))
     }
-    for s in v["endpointSlices"].as_array().expect("endpointSlices") {
-        tracker
-            .upsert_slice(serde_json::from_value(s.clone()).expect("EndpointSlice"))
-            .expect("file EndpointSlice");
+
+    pub fn slices(&self) -> impl Iterator<Item = k8s_openapi::api::discovery::v1::EndpointSlice> + '_ {
+        let all = self.json["endpointSlices"].as_array().expect("endpointSlices");
+        all.iter()
+            .map(|s| serde_json::from_value(s.clone()).expect("EndpointSlice"))
     }
-    let n = &v["node"];
+
+    /// Every object of the fixture in one tracker.
+    pub fn tracker(&self) -> ChangeTracker {
+        let mut tracker = ChangeTracker::new();
+        for s in self.services() {
+            tracker.upsert_service(s).expect("file Service");
+        }
+        for s in self.slices() {
+            tracker.upsert_slice(s).expect("file EndpointSlice");
+        }
+        tracker
+    }
+
+    /// The model of a full build.
+    pub fn model(&self) -> Model {
+        Model::build(&self.tracker(), self.node.clone(), self.options.clone())
+    }
+}
+
+/// Read `path`: `node`, optional `options`, `services`, `endpointSlices`.
+pub fn load(path: &Path) -> Fixture {
+    let json: Value = serde_json::from_str(&fs::read_to_string(path).expect("read fixture")).expect("fixture JSON");
+    let n = &json["node"];
     let node = NodeFacts {
         name: n["name"].as_str().expect("node.name").to_string(),
         zone: n["zone"].as_str().map(str::to_string),
@@ -57,20 +83,25 @@ pub fn model(path: &Path) -> Model {
         pod_cidrs: parse_all(n, "podCIDRs"),
         cluster_cidrs: parse_all(n, "clusterCIDRs"),
     };
-    let mut o = Options::default();
-    if let Some(ov) = v.get("options") {
+    let mut options = Options::default();
+    if let Some(ov) = json.get("options") {
         if ov.get("nodeportAddresses").is_some() {
-            o.nodeport_addresses = NodePortAddresses::Cidrs(parse_all(ov, "nodeportAddresses"));
+            options.nodeport_addresses = NodePortAddresses::Cidrs(parse_all(ov, "nodeportAddresses"));
         }
         if let Some(b) = ov["masqueradeAll"].as_bool() {
-            o.masquerade_all = b;
+            options.masquerade_all = b;
         }
         if let Some(s) = ov["maglevSeed"].as_u64() {
-            o.maglev_seed = s;
+            options.maglev_seed = s;
         }
         if let Some(a) = ov["defaultAlgorithm"].as_str() {
-            o.default_algorithm = LbAlgorithm::parse(a).expect("defaultAlgorithm");
+            options.default_algorithm = LbAlgorithm::parse(a).expect("defaultAlgorithm");
         }
     }
-    Model::build(&tracker, node, o)
+    Fixture { json, node, options }
+}
+
+/// The model of a full build of the fixture at `path`.
+pub fn model(path: &Path) -> Model {
+    load(path).model()
 }
