@@ -10,10 +10,8 @@
 //! diffs it against what it last committed and sends only the difference in
 //! one atomic batch. Drift: before each pass the engine asks the kernel for
 //! the ruleset generation; when someone else committed since our last commit
-//! (or every `verify_every` passes) it dumps our table, compares it with the
+//! (or every [`VERIFY_EVERY`] passes) it dumps our table, compares it with the
 //! desired one and repairs only the difference.
-
-use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use weft_nft::build::*;
@@ -238,11 +236,6 @@ pub async fn delete_table(name: &'static str) -> Result<bool, NftError> {
     })
     .await
     .map_err(|e| NftError::Join(e.to_string()))?
-}
-
-/// Is `ip` inside one of `cidrs`?
-pub fn covered(ip: IpAddr, cidrs: &[IpNetwork]) -> bool {
-    cidrs.iter().any(|c| c.contains(ip))
 }
 
 #[cfg(test)]
